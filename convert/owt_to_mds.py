@@ -1,0 +1,513 @@
+"""Tokenize OpenWebText (or other text) with GPT-2's BPE and write MDS shards for Streaming.
+
+    python convert/owt_to_mds.py --input builtin:pydoc-topics --out-root data/pydoc --seq-len 256
+    python convert/owt_to_mds.py --input openwebtext.tar.xz --out-root data/owt --workers 16
+
+One input record, a JSONL line `{"text": "Hello world"}`, becomes the tokens
+`[15496, 995, 50256]`: `encode_ordinary` ids followed by the end-of-text id 50256.
+Text that contains the literal string "<|endoftext|>" is encoded as ordinary text.
+
+Steps:
+1. Count the documents (n) and pick the validation documents the way nanoGPT's
+   `train_test_split(test_size=val_fraction, seed=seed)` does: the first
+   ceil(val_fraction * n) indices of `np.random.default_rng(seed).permutation(n)`.
+   Both splits keep the input order of their documents. Empty documents take part in
+   the split and are then skipped.
+   NOTE: the validation documents equal nanoGPT's only if the inputs yield the documents
+   in the order of the hub dataset. hf:Skylion007/openwebtext does; the member order of
+   the original openwebtext.tar.xz has not been compared with it.
+2. Tokenize chunks of documents in `workers` processes and concatenate each split's tokens.
+3. Cut each split's stream into samples of seq_len + 1 tokens, where sample k is
+   stream[k * seq_len : k * seq_len + seq_len + 1]. Consecutive samples share one token,
+   so with inputs sample[:-1] and targets sample[1:], every kept token after the first is
+   a target exactly once. The tokens after the last full sample are dropped.
+
+Expected counts for `--input builtin:pydoc-topics --seq-len 1024` (the 79 topics of
+CPython 3.11.7; other versions differ):
+
+    split  documents  tokens   samples  dropped_tokens
+    train  78         136,583  133      390             133 * 1024 + 1 + 390 = 136,583
+    val    1          2,433    2        384
+
+Output layout (`stats.json` is written last, so its presence marks a complete output):
+
+    OUT_ROOT/train/index.json, shard.00000.mds, ...   column "tokens": ndarray:uint16:seq_len+1
+    OUT_ROOT/val/...
+    OUT_ROOT/stats.json                               counts per split, see `build_stats`
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tiktoken
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from streaming import MDSWriter
+
+if __package__ in (None, ""):
+    # Run as `python convert/owt_to_mds.py`: make the `convert` package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.text_sources import (  # noqa: E402
+    ConversionError,
+    count_documents,
+    iter_documents,
+    resolve_sources,
+)
+
+logger = logging.getLogger(__name__)
+
+STATS_FORMAT_VERSION = 1
+TOKENIZER = "gpt2"
+EOT_ID = 50256
+TOKEN_DTYPE = np.uint16
+COLUMN = "tokens"
+SPLITS = ("train", "val")
+STAGING_PREFIX = ".incomplete-"
+
+# A chunk is the unit of work sent to a tokenizer process: large enough that pickling
+# costs little next to BPE, small enough that a few chunks per worker bound the memory.
+DOCS_PER_CHUNK = 256
+CHARS_PER_CHUNK = 1 << 20
+CHUNKS_IN_FLIGHT_PER_WORKER = 4
+
+
+def convert_to_mds(
+    inputs: list[str],
+    out_root: str,
+    seq_len: int = 1024,
+    workers: int = 1,
+    val_fraction: float = 0.0005,
+    seed: int = 2357,
+    overwrite: bool = False,
+    max_documents: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenize the documents of `inputs` and write train and val MDS datasets to `out_root`.
+
+    Args:
+        inputs: sources as accepted by `text_sources.resolve_sources` (files, folders,
+            `builtin:pydoc-topics`, `hf:NAME`), read in the order given.
+        out_root: folder that receives `train/`, `val/` and `stats.json`.
+        seq_len: model context length T; each sample stores T + 1 tokens.
+        workers: tokenizer processes; 1 tokenizes in this process. The output bytes do not
+            depend on it. With more than 1, the calling script needs an
+            `if __name__ == "__main__":` guard (see `iter_tokenized_chunks`).
+        val_fraction: share of documents for validation, rounded up to whole documents.
+        seed: seed of the document permutation that picks the validation documents.
+        overwrite: replace an existing output in `out_root` instead of raising.
+        max_documents: read only the first `max_documents` documents of the inputs,
+            empty ones included.
+        progress: show tqdm progress bars on stderr.
+
+    Returns:
+        The content of `stats.json`.
+
+    Raises:
+        ConversionError: an invalid argument, input or output folder. After any error the
+            staging folder is removed. An earlier output in `out_root` stays as it was,
+            unless the error comes while the new output is moved into place.
+    """
+    _check_arguments(seq_len, workers, val_fraction, max_documents)
+    encoding = get_tokenizer()
+    sources = resolve_sources(inputs)
+    out_path = Path(out_root)
+    staging = prepare_output(out_path, overwrite)
+    try:
+        n_documents = count_documents(sources, max_documents, progress)
+        is_val = select_val_documents(n_documents, val_fraction, seed)
+        documents = iter_documents(sources, max_documents)
+        split_stats = write_splits(documents, is_val, staging, seq_len, workers, progress)
+        stats = build_stats(encoding, inputs, seq_len, val_fraction, seed, max_documents, split_stats)
+        publish_output(staging, out_path, stats)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if split_stats["val"]["samples"] == 0:
+        logger.warning(
+            "val split has no samples: its %d tokens do not fill one sample of %d tokens. "
+            "Raise --val-fraction or lower --seq-len.",
+            split_stats["val"]["tokens"], seq_len + 1,
+        )
+    return stats
+
+
+def _check_arguments(seq_len: int, workers: int, val_fraction: float, max_documents: int | None):
+    if seq_len < 1:
+        raise ConversionError(f"seq_len must be at least 1, got {seq_len}")
+    if workers < 1:
+        raise ConversionError(f"workers must be at least 1, got {workers}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConversionError(
+            f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}"
+        )
+    if max_documents is not None and max_documents < 1:
+        raise ConversionError(f"max_documents must be at least 1, got {max_documents}")
+
+
+@functools.lru_cache(maxsize=1)
+def get_tokenizer() -> tiktoken.Encoding:
+    """Load GPT-2's tiktoken encoding once per process and check that its ids fit the dtype."""
+    try:
+        encoding = tiktoken.get_encoding(TOKENIZER)
+    except OSError as err:  # tiktoken downloads with requests, whose errors subclass OSError
+        raise ConversionError(
+            f"cannot load the tiktoken {TOKENIZER!r} vocabulary ({err}). Offline, set "
+            "TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached GPT-2 files."
+        ) from err
+    check_ids_fit_dtype(encoding.max_token_value, TOKEN_DTYPE)
+    assert encoding.eot_token == EOT_ID, encoding.eot_token
+    return encoding
+
+
+def check_ids_fit_dtype(max_token_id: int, dtype: type[np.integer]) -> None:
+    """Raise ConversionError if token ids up to `max_token_id` do not fit in `dtype`."""
+    max_value = np.iinfo(dtype).max
+    if max_token_id > max_value:
+        raise ConversionError(
+            f"the vocabulary's max token id {max_token_id} does not fit in "
+            f"{np.dtype(dtype).name} (max {max_value}); this writer stores tokens as "
+            f"{np.dtype(dtype).name} and supports only vocabularies up to {max_value + 1} ids"
+        )
+
+
+def select_val_documents(n_documents: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Return a bool mask over the documents that is True for the validation documents.
+
+    Matches `datasets.Dataset.train_test_split(test_size=val_fraction, seed=seed)`, which
+    nanoGPT uses for OpenWebText: ceil(val_fraction * n) documents, taken from the front of
+    `np.random.default_rng(seed).permutation(n)`.
+    """
+    if n_documents == 0:
+        raise ConversionError("the inputs contain no documents")
+    n_val = math.ceil(val_fraction * n_documents)
+    if n_val >= n_documents:
+        raise ConversionError(
+            f"cannot split {n_documents} document(s): val_fraction {val_fraction} puts {n_val} "
+            "in val and leaves none for train. Add documents or lower --val-fraction."
+        )
+    permutation = np.random.default_rng(seed).permutation(n_documents)
+    is_val = np.zeros(n_documents, dtype=bool)
+    is_val[permutation[:n_val]] = True
+    return is_val
+
+
+def prepare_output(out_root: Path, overwrite: bool) -> Path:
+    """Create `out_root` and an empty staging folder inside it, and return the staging folder.
+
+    Raises ConversionError if `out_root` already contains an output and `overwrite` is False,
+    or if it cannot be created or written.
+    """
+    existing = [name for name in ("stats.json", *SPLITS) if (out_root / name).exists()]
+    if existing and not overwrite:
+        raise ConversionError(
+            f"output folder {out_root} already contains {', '.join(existing)}; "
+            "pass --overwrite (overwrite=True) to replace it"
+        )
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        # Staging folders of runs that were killed. NOTE: this also removes the staging
+        # folder of a run still writing to the same out_root; run one conversion at a time.
+        for stale in out_root.glob(STAGING_PREFIX + "*"):
+            logger.info("removing %s, left by an interrupted run", stale)
+            shutil.rmtree(stale)
+        staging = out_root / f"{STAGING_PREFIX}{os.getpid()}"
+        staging.mkdir()
+    except OSError as err:
+        raise ConversionError(
+            f"cannot write to output folder {out_root}: {err.strerror or err}. "
+            "Choose a writable --out-root."
+        ) from err
+    return staging
+
+
+def publish_output(staging: Path, out_root: Path, stats: dict) -> None:
+    """Move the finished splits from `staging` into `out_root`, then write `stats.json`."""
+    stats_path = out_root / "stats.json"
+    # Remove the old stats.json first: a crash below then leaves no output that looks complete.
+    stats_path.unlink(missing_ok=True)
+    for split in SPLITS:
+        target = out_root / split
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / split, target)
+    staged_stats = staging / "stats.json"
+    staged_stats.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    os.replace(staged_stats, stats_path)
+
+
+def build_stats(
+    encoding: tiktoken.Encoding,
+    inputs: list[str],
+    seq_len: int,
+    val_fraction: float,
+    seed: int,
+    max_documents: int | None,
+    split_stats: dict[str, dict[str, int]],
+) -> dict:
+    """Return the `stats.json` content. It contains no timestamps and no paths except `inputs`."""
+    return {
+        "format_version": STATS_FORMAT_VERSION,
+        "tokenizer": f"tiktoken:{TOKENIZER}",
+        "vocab_size": encoding.n_vocab,
+        "eot_id": EOT_ID,
+        "dtype": np.dtype(TOKEN_DTYPE).name,
+        "column": COLUMN,
+        "seq_len": seq_len,
+        "sample_len": seq_len + 1,
+        "sources": list(inputs),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "max_documents": max_documents,
+        "splits": split_stats,
+    }
+
+
+class SplitWriter:
+    """Pack one split's documents into overlapping samples and write them to an MDS writer.
+
+    Keeps the tokens after the last written sample, starting with that sample's last token,
+    which is also the first token of the next sample.
+    """
+
+    def __init__(self, writer: MDSWriter, seq_len: int):
+        self.writer = writer
+        self.seq_len = seq_len
+        self.pending = np.empty(0, dtype=TOKEN_DTYPE)
+        self.documents = 0
+        self.empty_documents = 0
+        self.tokens = 0
+        self.samples = 0
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents, given as their concatenated tokens and per-document lengths."""
+        self.documents += int(np.count_nonzero(lengths))
+        self.empty_documents += int(lengths.size - np.count_nonzero(lengths))
+        self.tokens += tokens.size
+
+        stream = np.concatenate([self.pending, tokens])
+        sample_len = self.seq_len + 1
+        n_samples = (stream.size - 1) // self.seq_len if stream.size >= sample_len else 0
+        for k in range(n_samples):
+            start = k * self.seq_len
+            self.writer.write({COLUMN: stream[start:start + sample_len]})
+        self.samples += n_samples
+        self.pending = stream[n_samples * self.seq_len:].copy()
+
+    def stats(self) -> dict[str, int]:
+        # The first pending token is already stored as the last token of the last sample.
+        dropped = self.pending.size - 1 if self.samples else self.pending.size
+        return {
+            "documents": self.documents,
+            "empty_documents": self.empty_documents,
+            "tokens": self.tokens,
+            "samples": self.samples,
+            "dropped_tokens": dropped,
+        }
+
+
+def write_splits(
+    documents: Iterable[str],
+    is_val: np.ndarray,
+    staging: Path,
+    seq_len: int,
+    workers: int,
+    progress: bool,
+) -> dict[str, dict[str, int]]:
+    """Tokenize `documents`, route document i to val if `is_val[i]`, and write both splits.
+
+    Returns the per-split counts of `SplitWriter.stats`.
+    """
+    # Imported here because importing streaming imports torch, which takes seconds. The
+    # tokenizer processes import this module and need neither.
+    from streaming import MDSWriter
+
+    columns = {COLUMN: f"ndarray:{np.dtype(TOKEN_DTYPE).name}:{seq_len + 1}"}
+    n_documents = is_val.size
+    n_read = 0
+    with ExitStack() as stack:
+        splits = {}
+        for split in SPLITS:
+            writer = MDSWriter(out=str(staging / split), columns=columns, compression=None)
+            splits[split] = SplitWriter(stack.enter_context(writer), seq_len)
+        bar = stack.enter_context(
+            tqdm(total=n_documents, desc="tokenizing", unit="doc", disable=not progress)
+        )
+        start_time = time.perf_counter()
+
+        for tokens, lengths in iter_tokenized_chunks(documents, workers):
+            chunk_is_val = is_val[n_read:n_read + lengths.size]
+            n_read += lengths.size
+            if n_read > n_documents:
+                break
+            route_chunk(splits, tokens, lengths, chunk_is_val)
+
+            total_tokens = splits["train"].tokens + splits["val"].tokens
+            rate = total_tokens / max(time.perf_counter() - start_time, 1e-9)
+            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+            bar.update(lengths.size)
+
+    if n_read != n_documents:
+        raise ConversionError(
+            f"the inputs changed while converting: counted {n_documents} documents in the "
+            f"first pass, then read {'more' if n_read > n_documents else n_read}. Rerun."
+        )
+    return {split: splits[split].stats() for split in SPLITS}
+
+
+def route_chunk(
+    splits: dict[str, SplitWriter], tokens: np.ndarray, lengths: np.ndarray, chunk_is_val: np.ndarray
+) -> None:
+    """Add each document of a tokenized chunk to the split that `chunk_is_val` assigns it."""
+    token_is_val = np.repeat(chunk_is_val, lengths)
+    splits["val"].add(tokens[token_is_val], lengths[chunk_is_val])
+    splits["train"].add(tokens[~token_is_val], lengths[~chunk_is_val])
+
+
+def iter_tokenized_chunks(documents: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield `tokenize_chunk` results for consecutive chunks of `documents`, in input order.
+
+    With several workers, at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker are
+    submitted ahead of the consumer, so the input is never read far ahead.
+    multiprocessing.Pool.imap is not used because its feeder thread reads the whole input.
+
+    Like any "spawn" pool, a script that calls this with workers > 1 must guard its entry
+    point with `if __name__ == "__main__":`, because each worker imports the main module.
+    """
+    chunks = iter_chunks(documents)
+    if workers == 1:
+        for chunk in chunks:
+            yield tokenize_chunk(chunk)
+        return
+
+    # "spawn" starts clean interpreters. A fork would copy this process while tqdm's monitor
+    # thread may hold a lock, and spawn behaves the same on Linux and macOS.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(tokenize_chunk, chunk))
+                if len(pending) >= workers * CHUNKS_IN_FLIGHT_PER_WORKER:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def iter_chunks(documents: Iterable[str]) -> Iterator[list[str]]:
+    """Group documents into lists of at most DOCS_PER_CHUNK, closing one at CHARS_PER_CHUNK."""
+    chunk: list[str] = []
+    n_chars = 0
+    for text in documents:
+        chunk.append(text)
+        n_chars += len(text)
+        if len(chunk) >= DOCS_PER_CHUNK or n_chars >= CHARS_PER_CHUNK:
+            yield chunk
+            chunk, n_chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def tokenize_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encode each non-empty text with `encode_ordinary` and append EOT_ID after it.
+
+    Returns the concatenated token ids (uint16) and each text's token count including its
+    EOT_ID. An empty text gets no tokens and count 0.
+    """
+    encoding = get_tokenizer()
+    ids: list[int] = []
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        if not text:
+            continue
+        document_ids = encoding.encode_ordinary(text)
+        ids.extend(document_ids)
+        ids.append(EOT_ID)
+        lengths[i] = len(document_ids) + 1
+    return np.array(ids, dtype=TOKEN_DTYPE), lengths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--input", action="append", dest="inputs", metavar="SRC",
+        help="a .txt, .jsonl, .jsonl.gz, .parquet, .tar or .tar.xz (OpenWebText layout) "
+        "file, a folder of them, builtin:pydoc-topics or hf:NAME; repeat for several "
+        "(default: builtin:pydoc-topics)",
+    )
+    parser.add_argument(
+        "--out-root", required=True, help="output folder for train/, val/ and stats.json"
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=1024,
+        help="context length T in tokens; each sample stores T+1 tokens (default: 1024)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="tokenizer processes; 1 tokenizes in the main process (default: 1)",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.0005,
+        help="share of documents for validation, rounded up to whole documents (default: 0.0005)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=2357, help="seed of the train/val split (default: 2357)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output in --out-root"
+    )
+    parser.add_argument(
+        "--max-documents", type=int, default=None, metavar="N",
+        help="read only the first N documents of the inputs (default: all)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        stats = convert_to_mds(
+            inputs=args.inputs or ["builtin:pydoc-topics"],
+            out_root=args.out_root,
+            seq_len=args.seq_len,
+            workers=args.workers,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            max_documents=args.max_documents,
+        )
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; no new output was written to {args.out_root}", file=sys.stderr)
+        return 130
+    print(f"{'split':<6} {'documents':>10} {'tokens':>14} {'samples':>11}")
+    for split, counts in stats["splits"].items():
+        print(f"{split:<6} {counts['documents']:>10,} {counts['tokens']:>14,} {counts['samples']:>11,}")
+    print(f"wrote {args.out_root} (train/, val/, stats.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
