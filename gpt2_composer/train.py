@@ -1,0 +1,188 @@
+"""Train GPT-2 with Composer from a YAML recipe.
+
+    composer -m gpt2_composer.train yamls/gpt2-124m.yaml [key=value ...]    # all GPUs of the node
+    python -m gpt2_composer.train yamls/gpt2-cpu.yaml data.root=data/pydoc   # one process
+
+`composer` (Composer's launcher) starts one process per device and sets the rank variables;
+everything else is the same code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Optional
+
+import torch
+from composer import Evaluator, Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor, SystemMetricsMonitor
+from composer.utils import dist, reproducibility
+
+from gpt2_composer.callbacks import ConsoleLog, MetricsFile, RecipeRecord, build_wandb_logger
+from gpt2_composer.composer_model import ComposerGPT
+from gpt2_composer.config import ConfigError, TrainConfig, load_config
+from gpt2_composer.data import build_dataloader, check_stats_fit_model, read_stats
+from gpt2_composer.flops import measure_matmul_peak
+from gpt2_composer.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger('gpt2_composer')
+
+
+def resolve_device(config: TrainConfig) -> str:
+    device = config.device or ('gpu' if torch.cuda.is_available() else 'cpu')
+    if device not in ('gpu', 'cpu'):
+        raise ConfigError(f"Invalid device='{device}': use gpu, cpu or null (gpu when CUDA is available).")
+    if device == 'cpu' and config.precision != 'fp32':
+        raise ConfigError(f"precision='{config.precision}' needs a GPU, and this run is on the CPU. "
+                          'Override it with precision=fp32.')
+    return device
+
+
+def resolve_flops_available(config: TrainConfig, device: str) -> Optional[float]:
+    """Return the peak FLOP/s per device for MFU; 'auto' measures the CPU, None defers to Composer's GPU table."""
+    peak = config.gpu_flops_available
+    if peak == 'auto':
+        if device == 'gpu':
+            return None
+        peak = measure_matmul_peak(torch.float32)
+        log.info('Measured CPU fp32 matmul peak: %.1f GFLOP/s (the MFU denominator)', peak / 1e9)
+    return float(peak) if peak is not None else None
+
+
+def device_batch_sizes(config: TrainConfig) -> tuple[int, int | str]:
+    """Return (samples per rank per step, micro-batch size), checking that they divide evenly."""
+    world_size = dist.get_world_size()
+    global_batch = config.global_train_batch_size
+    if global_batch % world_size != 0:
+        raise ConfigError(f'global_train_batch_size={global_batch} does not divide across {world_size} '
+                          f'processes; use a multiple of {world_size}.')
+    device_batch = global_batch // world_size
+    micro = config.device_train_microbatch_size
+    if micro != 'auto' and device_batch % micro != 0:
+        raise ConfigError(f'device_train_microbatch_size={micro} does not divide the {device_batch} samples per '
+                          f'device (global_train_batch_size={global_batch} over {world_size} processes); '
+                          'choose a divisor of it so every micro-batch has the same size.')
+    return device_batch, micro
+
+
+def build_evaluators(config: TrainConfig) -> list[Evaluator]:
+    val = Evaluator(
+        label='val',
+        dataloader=build_dataloader(config.data, 'val', config.device_eval_batch_size, shuffle=False),
+        metric_names=['LanguageCrossEntropy', 'LanguagePerplexity'],
+        subset_num_batches=config.eval_batches,
+    )
+    evaluators = [val]
+    if config.eval_train_split:
+        # nanoGPT's eval line also estimates the train loss on eval_batches fresh train batches.
+        train = Evaluator(
+            label='train',
+            dataloader=build_dataloader(config.data, 'train', config.device_eval_batch_size, shuffle=True,
+                                        local_suffix='-eval'),
+            metric_names=['LanguageCrossEntropy'],
+            subset_num_batches=config.eval_batches,
+        )
+        evaluators.insert(0, train)
+    return evaluators
+
+
+def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[float]) -> list:
+    callbacks = [
+        SpeedMonitor(window_size=config.speed_window, gpu_flops_available=flops_available),
+        LRMonitor(),
+        SystemMetricsMonitor(),
+        ConsoleLog(log_interval=config.log_interval, flops_available=flops_available),
+        RecipeRecord(dataclasses.asdict(config)),
+    ]
+    if device == 'gpu':
+        callbacks.append(MemoryMonitor())
+    return callbacks
+
+
+def build_loggers(config: TrainConfig) -> list:
+    loggers = []
+    if config.metrics_file:
+        loggers.append(MetricsFile(config.metrics_file))
+    if config.wandb.enabled:
+        wandb_logger = build_wandb_logger(config.wandb.project, config.wandb.entity, config.wandb.mode,
+                                          config.run_name, config.wandb.dir)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    return loggers
+
+
+def build_algorithms(config: TrainConfig) -> list:
+    algorithms = []
+    if config.grad_clip_norm is not None:
+        algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=config.grad_clip_norm))
+    if config.algorithms:
+        names = ', '.join(sorted(config.algorithms))
+        raise ConfigError(f'Unknown algorithms: {names}. This version has none besides gradient clipping '
+                          '(grad_clip_norm); remove the algorithms section.')
+    return algorithms
+
+
+def build_trainer(config: TrainConfig) -> Trainer:
+    """Build the Composer Trainer for a validated recipe."""
+    device = resolve_device(config)
+    reproducibility.seed_all(config.seed)  # the model init depends on it
+    stats = read_stats(config.data)
+    check_stats_fit_model(stats, config.data, config.model.block_size, config.model.padded_vocab_size)
+    device_batch, micro = device_batch_sizes(config)
+    flops_available = resolve_flops_available(config, device)
+
+    model = ComposerGPT(config.model)
+    optimizer = build_optimizer(model, config.optimizer, device)
+    return Trainer(
+        run_name=config.run_name,
+        seed=config.seed,
+        model=model,
+        train_dataloader=build_dataloader(config.data, 'train', device_batch, shuffle=config.data.shuffle),
+        eval_dataloader=build_evaluators(config),
+        eval_interval=config.eval_interval,
+        optimizers=optimizer,
+        schedulers=build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration),
+        step_schedulers_every_batch=True,
+        max_duration=config.max_duration,
+        device=device,
+        precision=config.precision,
+        device_train_microbatch_size=micro,
+        parallelism_config={'fsdp': dict(config.fsdp)} if config.fsdp else None,
+        compile_config={} if config.compile else None,
+        algorithms=build_algorithms(config),
+        callbacks=build_callbacks(config, device, flops_available),
+        loggers=build_loggers(config),
+        progress_bar=False,
+        log_to_console=False,
+        save_folder=config.save_folder,
+        save_interval=config.save_interval,
+        save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
+        save_overwrite=not config.autoresume,
+        autoresume=config.autoresume,
+        load_path=config.load_path,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Parse `RECIPE.yaml [key=value ...]`, build the trainer and train."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ('-h', '--help'):
+        print(__doc__)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    log.setLevel(logging.INFO if dist.get_global_rank() == 0 else logging.WARNING)
+    try:
+        config = load_config(argv[0], argv[1:])
+        trainer = build_trainer(config)
+    except ConfigError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    trainer.fit()
+    trainer.close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
