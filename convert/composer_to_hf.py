@@ -1,7 +1,7 @@
 """Export a checkpoint written by `gpt2_composer.train` as a Hugging Face `GPT2LMHeadModel` folder.
 
     pip install -e '.[export]'    # transformers
-    python convert/composer_to_hf.py runs/gpt2-124m/checkpoints/ep0-ba600000-rank0.pt hf/gpt2-124m
+    python convert/composer_to_hf.py runs/gpt2-124m/checkpoints/latest-rank0.pt hf/gpt2-124m
 
 The folder then loads with `transformers.GPT2LMHeadModel.from_pretrained('hf/gpt2-124m')`:
 
@@ -11,7 +11,7 @@ The folder then loads with `transformers.GPT2LMHeadModel.from_pretrained('hf/gpt
 
 With `--tokenizer` it also writes GPT-2's tokenizer (vocab.json, merges.txt, tokenizer.json) from the
 files tiktoken keeps in its cache, so `AutoTokenizer.from_pretrained(OUT_DIR)` works. tiktoken
-downloads them unless `TIKTOKEN_CACHE_DIR` points at a folder that holds them.
+downloads them unless `TIKTOKEN_CACHE_DIR` points at a folder that contains them.
 
 Only the plain GPT-2 architecture can be exported: learned position embeddings, pre-LayerNorm blocks,
 tanh-GELU MLP, tied embedding and head. A checkpoint whose recipe lists algorithms that change the model (any but

@@ -4,7 +4,7 @@ A checkpoint is a torch pickle, local or at any URL `composer.utils.get_file` ca
 oci://, https://, ...). The fields used here:
 
     state['model']                                   {'model.transformer.wte.weight': Tensor, ...}
-    state['callbacks']['RecipeRecord']['config']     the resolved recipe; ['model'] holds GPTConfig's fields
+    state['callbacks']['RecipeRecord']['config']     the resolved recipe; ['model'] contains GPTConfig's fields
     state['timestamp']['Timestamp']['batch']         optimizer steps taken
 
 Sampling (`gpt2_composer.sample`) and export (`convert/composer_to_hf.py`) both load through here.

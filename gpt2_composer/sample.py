@@ -1,6 +1,6 @@
 """Generate text from a checkpoint written by `gpt2_composer.train`.
 
-    python -m gpt2_composer.sample runs/gpt2-124m/checkpoints/ep0-ba600000-rank0.pt \\
+    python -m gpt2_composer.sample runs/gpt2-124m/checkpoints/latest-rank0.pt \\
         --prompt "The meaning of life is" --max-new-tokens 100 --temperature 0.8 --top-k 200 --seed 1337
 
 The prompt is encoded with tiktoken's `gpt2` encoding (as the training data was), the context is
