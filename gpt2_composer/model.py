@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -59,6 +59,14 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # Hooks for the speedup algorithms in `gpt2_composer.algorithms`. All are None in GPT-2.
+        # q_norm, k_norm: modules applied to q and k of shape (B, nh, T, hs), for QK-norm.
+        # rotary: a callable (q, k) -> (q, k) that rotates both by position.
+        # alibi: a callable (T, device, dtype) -> float attention bias (nh, T, T) that includes the causal mask.
+        self.q_norm: Optional[nn.Module] = None
+        self.k_norm: Optional[nn.Module] = None
+        self.rotary: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
+        self.alibi: Optional[Callable[[int, torch.device, torch.dtype], torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -67,7 +75,15 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
+        # Without a bias, is_causal=True lets SDPA pick FlashAttention. A float mask rules that kernel out.
+        attn_mask = self.alibi(T, x.device, q.dtype) if self.alibi is not None else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=attn_mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -121,6 +137,8 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             ))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # Logit soft-capping (an algorithm, off in GPT-2): logits become cap * tanh(logits / cap).
+        self.logit_softcap: Optional[float] = None
         # Weight tying: one Parameter serves as token embedding and output head.
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -160,7 +178,8 @@ class GPT(nn.Module):
             logits of shape (B, T, vocab_size); padded vocabulary rows are cut off.
         """
         B, T = idx.size()
-        if T > self.config.block_size:
+        # Learned position embeddings stop at block_size. Without them (ALiBi, rotary) any length runs.
+        if T > self.config.block_size and 'wpe' in self.transformer:
             raise ValueError(f'sequence length {T} exceeds model.block_size={self.config.block_size}; '
                              'crop the input or train a model with a longer block.')
         x = self.transformer.wte(idx)  # (B, T, C)
@@ -174,6 +193,8 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., :self.config.vocab_size]
+        if self.logit_softcap is not None:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
         return logits
 
     # Composer's FSDP (v1 and v2) asks the model which submodules to shard as units.
