@@ -5,8 +5,8 @@ The model FLOPs follow the PaLM paper (Chowdhery et al. 2022, appendix B) as nan
 
     flops_per_token = 6 * N + 12 * n_layer * n_embd * T
 
-where N is the parameter count without position embeddings (they cost no matmul), 6 * N covers
-the forward (2 FLOPs per weight) and backward (4) matmuls, and 12 * n_layer * n_embd * T is
+N is the parameter count without position embeddings, which cost no matmul. 6 * N covers the
+forward (2 FLOPs per weight) and backward (4) matmuls. 12 * n_layer * n_embd * T counts
 attention's QK^T and AV products over a context of T. For GPT-2 124M at T=1024 that is
 855,166,464 FLOPs per token. Recomputation (activation checkpointing) is not counted, so this is
 MFU and not hardware FLOPs utilisation.
