@@ -188,6 +188,26 @@ class SafeWandBLogger(WandBLogger):
         except Exception as error:  # noqa: BLE001
             self._disable(error)
 
+    def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False,
+                      progress_bar: bool = True) -> None:
+        """Fetch a checkpoint artifact; any failure reads as 'not found' so autoresume goes on without it.
+
+        Composer's autoresume asks every logger for the latest checkpoint when save_folder has none.
+        WandBLogger then calls `wandb.Api()`, which raises UsageError offline or without an API key,
+        and that stopped the first launch of every autoresume run.
+        """
+        if self._is_offline():
+            raise FileNotFoundError(f'wandb is offline, so it holds no artifact {remote_file_name}')
+        try:
+            super().download_file(remote_file_name, destination, overwrite, progress_bar)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- any wandb failure means no checkpoint from wandb
+            raise FileNotFoundError(f'wandb could not fetch {remote_file_name}: {error}') from error
+
+    def _is_offline(self) -> bool:
+        return self._init_kwargs.get('mode') in ('offline', 'disabled')
+
 
 def wandb_has_api_key() -> bool:
     """Tell whether wandb could log online: an API key in the environment or a `wandb login` entry in ~/.netrc."""

@@ -107,6 +107,9 @@ class TrainConfig:
     save_num_checkpoints_to_keep: int = 3  # older local checkpoints are deleted; -1 keeps all
     autoresume: bool = False
     load_path: Optional[str] = None
+    # Learning-rate schedule of a resumed run: 'checkpoint' keeps the one the checkpoint trained with
+    # (peak lr, warmup, decay end, min lr) even if the recipe changed; 'config' switches to the recipe's.
+    resume_schedule: str = 'checkpoint'
 
     wandb: WandbConfig = field(default_factory=WandbConfig)
     algorithms: dict[str, Any] = field(default_factory=dict)
@@ -183,5 +186,8 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"Invalid gpu_flops_available={peak!r}: use FLOP/s per device (e.g. 312e12), 'auto' or null.")
     if config.wandb.mode not in ('auto', 'online', 'offline', 'disabled'):
         raise ConfigError(f"Invalid wandb.mode='{config.wandb.mode}': use auto, online, offline or disabled.")
+    if config.resume_schedule not in ('checkpoint', 'config'):
+        raise ConfigError(f"Invalid resume_schedule='{config.resume_schedule}': use checkpoint (keep the "
+                          "checkpoint's learning-rate schedule) or config (switch to the recipe's).")
     if config.log_interval < 1:
         raise ConfigError(f'Invalid log_interval={config.log_interval}: use a positive number of steps.')

@@ -46,6 +46,13 @@ def local_folder_for(root: str, data: DataConfig) -> Optional[str]:
     return os.path.join(tempfile.gettempdir(), 'gpt2-composer-cache', digest)
 
 
+TEXT_SUFFIXES = ('.txt', '.jsonl', '.jsonl.gz', '.parquet', '.json', '.tar', '.xz')
+
+
+def _holds_text(root: str) -> bool:
+    return any(name.endswith(TEXT_SUFFIXES) for name in os.listdir(root))
+
+
 def read_stats(data: DataConfig) -> dict[str, Any]:
     """Read `ROOT/stats.json`, downloading it first for a remote root.
 
@@ -64,27 +71,95 @@ def read_stats(data: DataConfig) -> dict[str, Any]:
         if not os.path.isdir(root):
             raise ConfigError(f"data.root='{root}' does not exist. Prepare a dataset first, for example: "
                               f'python convert/owt_to_mds.py --input builtin:pydoc-topics --out-root {root}')
+    if not is_remote(root) and not os.path.isfile(path) and _holds_text(root):
+        raise ConfigError(f"data.root='{root}' holds text files, not a dataset of MDS shards. Convert them first: "
+                          f'python convert/owt_to_mds.py --input {root} --out-root OUT, then set data.root=OUT.')
     if not os.path.isfile(path):
         raise ConfigError(f"data.root='{root}' has no stats.json, so it is not a finished dataset from "
                           'convert/owt_to_mds.py (an interrupted conversion leaves none). Convert the text with '
                           f'python convert/owt_to_mds.py --input SRC --out-root {root} --overwrite')
     with open(path, encoding='utf-8') as file:
         try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f'{path} is not valid JSON ({error}); rerun the conversion with --overwrite.') from None
+            stats = json.load(file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f'{path} is not valid JSON ({error}). {_rerun_hint(root)}') from None
+    if not isinstance(stats, dict) or not isinstance(stats.get('splits'), dict):
+        raise ConfigError(f'{path} has no "splits" object, so convert/owt_to_mds.py did not write it. '
+                          f'{_rerun_hint(root)}')
+    return stats
 
 
 def check_stats_fit_model(stats: dict[str, Any], data: DataConfig, block_size: int, vocab_size: int) -> None:
-    """Raise ConfigError if the dataset's sequence length or vocabulary does not fit the model."""
+    """Raise ConfigError unless the dataset's sequence length equals the model's and its vocabulary fits."""
     seq_len = stats.get('seq_len')
-    if not isinstance(seq_len, int) or seq_len > block_size:
-        raise ConfigError(f"data.root='{data.root}' holds samples of seq_len={seq_len}, longer than "
-                          f'model.block_size={block_size}. Convert with --seq-len {block_size} or set '
-                          f'model.block_size={seq_len}.')
+    if not isinstance(seq_len, int) or seq_len != block_size:
+        raise ConfigError(f"data.root='{data.root}' holds samples of seq_len={seq_len}, but "
+                          f'model.block_size={block_size}. Convert with --seq-len {block_size} into another '
+                          f'folder, or set model.block_size={seq_len}.')
     if stats.get('vocab_size', 0) > vocab_size:
         raise ConfigError(f"data.root='{data.root}' was tokenized with vocab_size={stats.get('vocab_size')}, "
                           f'more than model.vocab_size={vocab_size}.')
+
+
+def _rerun_hint(root: str) -> str:
+    return f'Rerun the conversion: python convert/owt_to_mds.py --input SRC --out-root {root} --overwrite'
+
+
+def read_index(root: str, split: str) -> dict[str, Any]:
+    """Read `ROOT/SPLIT/index.json` of a local dataset, raising ConfigError if it is missing or not MDS JSON."""
+    path = os.path.join(root, split, 'index.json')
+    if not os.path.isfile(path):
+        raise ConfigError(f'{path} is missing, so the {split} split of data.root={root} is incomplete. '
+                          f'{_rerun_hint(root)}')
+    try:
+        with open(path, encoding='utf-8') as file:
+            index = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f'{path} is not valid JSON ({error}). {_rerun_hint(root)}') from None
+    if not isinstance(index, dict) or not isinstance(index.get('shards'), list):
+        raise ConfigError(f'{path} has no "shards" list, so it is not an MDS index. {_rerun_hint(root)}')
+    return index
+
+
+def check_shards_match_stats(stats: dict[str, Any], root: str) -> None:
+    """Check a local dataset's shards against its stats.json: column, dtype, sample length, counts, file sizes.
+
+    Costs one small JSON read per split and one `stat` per shard, no shard reads. Remote roots are not
+    checked here because their shards download lazily; streaming validates what it downloads.
+
+    Raises:
+        ConfigError: naming the file, what it holds against what stats.json records, and the fix.
+    """
+    expected_encoding = f"ndarray:{stats.get('dtype')}:{stats.get('sample_len')}"
+    for split in ('train', 'val'):
+        index = read_index(root, split)
+        samples = 0
+        for number, shard in enumerate(index['shards']):
+            _check_shard(shard, number, root, split, stats, expected_encoding)
+            samples += shard.get('samples', 0)
+        expected = stats.get('splits', {}).get(split, {}).get('samples')
+        if samples != expected:
+            raise ConfigError(f'{root}/{split}/index.json lists {samples} samples, but stats.json records '
+                              f'{expected} for {split}, so the folder mixes two conversions. {_rerun_hint(root)}')
+
+
+def _check_shard(shard: dict[str, Any], number: int, root: str, split: str, stats: dict[str, Any],
+                 expected_encoding: str) -> None:
+    index_path = f'{root}/{split}/index.json'
+    encodings = dict(zip(shard.get('column_names', []), shard.get('column_encodings', [])))
+    encoding = encodings.get(stats.get('column', TOKENS_COLUMN))
+    if encoding != expected_encoding:
+        raise ConfigError(f'{index_path}: shard {number} stores column {stats.get("column")!r} as {encoding}, but '
+                          f'stats.json records {expected_encoding} (dtype {stats.get("dtype")}, seq_len '
+                          f'{stats.get("seq_len")} + 1). {_rerun_hint(root)}')
+    file_info = shard.get('zip_data') or shard.get('raw_data') or {}
+    path = os.path.join(root, split, str(file_info.get('basename')))
+    if not os.path.isfile(path):
+        raise ConfigError(f'Shard {path}, listed in {index_path}, is missing. {_rerun_hint(root)}')
+    size = os.path.getsize(path)
+    if size != file_info.get('bytes'):
+        raise ConfigError(f'Shard {path} has {size} bytes but {index_path} records {file_info.get("bytes")}, '
+                          f'so it is truncated or was overwritten. {_rerun_hint(root)}')
 
 
 class TokenDataset(StreamingDataset):
@@ -99,6 +174,22 @@ def collate_tokens(samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {'input_ids': torch.stack(samples)}
 
 
+def split_paths(data: DataConfig, split: str, local_suffix: str = '') -> tuple[Optional[str], str]:
+    """Return (remote URL or None, local folder) of one split, as StreamingDataset takes them."""
+    root = data.root.rstrip('/')
+    if is_remote(root):
+        return f'{root}/{split}', os.path.join(local_folder_for(root, data), split + local_suffix)
+    return None, os.path.join(root, split)
+
+
+def local_folders(data: DataConfig, eval_train_split: bool) -> list[str]:
+    """Return the local folders of every StreamingDataset a run builds: train, val and the train-loss eval."""
+    folders = [split_paths(data, 'train')[1], split_paths(data, 'val')[1]]
+    if eval_train_split:
+        folders.append(split_paths(data, 'train', local_suffix='-eval')[1])
+    return list(dict.fromkeys(folders))
+
+
 def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: bool,
                      local_suffix: str = '') -> DataSpec:
     """Build the DataSpec for one split of the dataset.
@@ -111,15 +202,9 @@ def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: boo
         local_suffix: appended to the cache folder of a remote root, so that a second reader of the
             same split (the train-loss evaluator) does not share the training reader's cache.
     """
-    root = data.root.rstrip('/')
-    if is_remote(root):
-        remote = f'{root}/{split}'
-        local = os.path.join(local_folder_for(root, data), split + local_suffix)
-    else:
-        remote, local = None, os.path.join(root, split)
-        if not os.path.isfile(os.path.join(local, 'index.json')):
-            raise ConfigError(f"data.root='{data.root}' has no {split}/index.json. Rerun "
-                              f'python convert/owt_to_mds.py ... --out-root {data.root} --overwrite')
+    remote, local = split_paths(data, split, local_suffix)
+    if remote is None:
+        read_index(data.root.rstrip('/'), split)
     dataset = TokenDataset(
         remote=remote,
         local=local,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import torch
-from composer.core import State, Time, TimeUnit
+from composer.core import Callback, State, Time, TimeUnit
+from composer.loggers import Logger
 
 from gpt2_composer.config import ConfigError, OptimizerConfig, SchedulerConfig
+
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimizerConfig, device: str) -> torch.optim.AdamW:
@@ -43,6 +48,10 @@ class WarmupCosineSchedule:
     """
 
     def __init__(self, warmup: str, decay_end: str, min_lr_ratio: float):
+        self.set(warmup, decay_end, min_lr_ratio)
+
+    def set(self, warmup: str, decay_end: str, min_lr_ratio: float) -> None:
+        """Replace the schedule's shape; `ResumedSchedule` calls this after a checkpoint is loaded."""
         self.warmup = Time.from_timestring(warmup)
         self.decay_end = Time.from_timestring(decay_end)
         if self.warmup.unit != self.decay_end.unit or self.warmup.unit not in (TimeUnit.BATCH, TimeUnit.TOKEN):
@@ -51,6 +60,9 @@ class WarmupCosineSchedule:
         if self.decay_end.value <= self.warmup.value:
             raise ConfigError(f"the decay end '{decay_end}' must come after scheduler.warmup='{warmup}'.")
         self.min_lr_ratio = min_lr_ratio
+
+    def as_dict(self) -> dict[str, Any]:
+        return {'warmup': str(self.warmup), 'decay_end': str(self.decay_end), 'min_lr_ratio': self.min_lr_ratio}
 
     def multiplier(self, step: int) -> float:
         """Return the lr multiplier at `step` batches (or tokens) since the start."""
@@ -70,3 +82,61 @@ class WarmupCosineSchedule:
 
 def build_scheduler(config: SchedulerConfig, peak_lr: float, max_duration: str) -> WarmupCosineSchedule:
     return WarmupCosineSchedule(config.warmup, config.decay_end or max_duration, config.min_lr / peak_lr)
+
+
+class ResumedSchedule(Callback):
+    """Choose the learning-rate schedule of a resumed run: the checkpoint's (default) or the recipe's.
+
+    The schedule is computed from the recipe at start-up, so without this callback a resumed run whose
+    YAML changed `optimizer.lr`, `scheduler.*` or `max_duration` would silently follow the new values.
+    The callback stores the schedule in force (peak lr, warmup, decay end, min lr ratio) in every
+    checkpoint. When a loaded checkpoint's schedule differs from the recipe's, `source='checkpoint'`
+    restores the checkpoint's and `source='config'` keeps the recipe's. Both warn and then set the peak
+    lr of Composer's LambdaLR and the lr of the next step to match.
+
+    Args:
+        schedule: the run's scheduler, changed in place on resume.
+        peak_lr: the recipe's `optimizer.lr`.
+        source: 'checkpoint' or 'config', the recipe's `resume_schedule`.
+    """
+
+    def __init__(self, schedule: WarmupCosineSchedule, peak_lr: float, source: str = 'checkpoint'):
+        self.schedule = schedule
+        self.peak_lr = peak_lr
+        self.source = source
+        self.loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'peak_lr': self.peak_lr, **self.schedule.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loaded = dict(state)
+
+    def after_load(self, state: State, logger: Logger) -> None:
+        if self.loaded is None:
+            return  # a fresh run, or a checkpoint saved without this callback
+        loaded, self.loaded = self.loaded, None
+        in_recipe = self.state_dict()
+        if loaded == in_recipe:
+            return  # the checkpoint's optimizer and LambdaLR state already hold the right lrs
+        if self.source == 'checkpoint':
+            log.warning('Resuming with the checkpoint\'s learning-rate schedule %s; the recipe asks for %s. '
+                        'Set resume_schedule=config to use the recipe\'s.', loaded, in_recipe)
+            self.peak_lr = loaded.pop('peak_lr')
+            self.schedule.set(**loaded)
+        else:
+            log.warning('Resuming with the recipe\'s learning-rate schedule %s instead of the checkpoint\'s %s '
+                        '(resume_schedule=config).', in_recipe, loaded)
+        self._set_lrs(state)
+
+    def _set_lrs(self, state: State) -> None:
+        # Composer steps the scheduler before it advances the timestamp, so the lr of batch b was
+        # computed at batch b - 1. NOTE: a schedule in tokens uses the current token count, which
+        # shifts the first resumed step's lr by one batch.
+        now = state.timestamp.get(self.schedule.warmup.unit).value
+        step = max(now - 1, 0) if self.schedule.warmup.unit == TimeUnit.BATCH else now
+        for scheduler in state.schedulers:
+            scheduler.base_lrs = [self.peak_lr] * len(scheduler.base_lrs)
+        for optimizer in state.optimizers:
+            for group in optimizer.param_groups:
+                group['lr'] = self.peak_lr * self.schedule.multiplier(step)

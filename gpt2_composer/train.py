@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from typing import Optional
 
 import torch
 from composer import Evaluator, Trainer
-from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor, SystemMetricsMonitor
 from composer.utils import dist, reproducibility
 
+from gpt2_composer.clipping import ClipGradNormAndLog
 from gpt2_composer.callbacks import ConsoleLog, MetricsFile, RecipeRecord, build_wandb_logger
 from gpt2_composer.composer_model import ComposerGPT
 from gpt2_composer.config import ConfigError, TrainConfig, load_config
-from gpt2_composer.data import build_dataloader, check_stats_fit_model, read_stats
+from gpt2_composer.data import (build_dataloader, check_shards_match_stats, check_stats_fit_model, is_remote,
+                                local_folders, read_stats)
+from gpt2_composer.distributed import check_embedding_tied, check_fsdp_runs_here, correct_gloo_gradient_average
 from gpt2_composer.flops import measure_matmul_peak
-from gpt2_composer.optim import build_optimizer, build_scheduler
+from gpt2_composer.optim import ResumedSchedule, WarmupCosineSchedule, build_optimizer, build_scheduler
+from gpt2_composer.stale_state import claim_local_dirs
 
 log = logging.getLogger('gpt2_composer')
 
@@ -88,13 +92,15 @@ def build_evaluators(config: TrainConfig) -> list[Evaluator]:
     return evaluators
 
 
-def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[float]) -> list:
+def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[float],
+                    schedule: WarmupCosineSchedule) -> list:
     callbacks = [
         SpeedMonitor(window_size=config.speed_window, gpu_flops_available=flops_available),
         LRMonitor(),
         SystemMetricsMonitor(),
         ConsoleLog(log_interval=config.log_interval, flops_available=flops_available),
         RecipeRecord(dataclasses.asdict(config)),
+        ResumedSchedule(schedule, config.optimizer.lr, source=config.resume_schedule),
     ]
     if device == 'gpu':
         callbacks.append(MemoryMonitor())
@@ -116,7 +122,7 @@ def build_loggers(config: TrainConfig) -> list:
 def build_algorithms(config: TrainConfig) -> list:
     algorithms = []
     if config.grad_clip_norm is not None:
-        algorithms.append(GradientClipping(clipping_type='norm', clipping_threshold=config.grad_clip_norm))
+        algorithms.append(ClipGradNormAndLog(config.grad_clip_norm, log_interval=config.log_interval))
     if config.algorithms:
         names = ', '.join(sorted(config.algorithms))
         raise ConfigError(f'Unknown algorithms: {names}. This version has none besides gradient clipping '
@@ -124,45 +130,92 @@ def build_algorithms(config: TrainConfig) -> list:
     return algorithms
 
 
+def prepare_data(config: TrainConfig) -> None:
+    """Check the dataset against the model and its own stats.json, and clear streaming state killed runs left."""
+    stats = read_stats(config.data)
+    check_stats_fit_model(stats, config.data, config.model.block_size, config.model.padded_vocab_size)
+    if not is_remote(config.data.root):
+        check_shards_match_stats(stats, config.data.root.rstrip('/'))
+    if dist.get_local_rank() == 0:
+        claim_local_dirs(local_folders(config.data, config.eval_train_split))
+    dist.barrier()  # other local ranks build datasets only after the cleanup
+
+
+def check_load_path(config: TrainConfig) -> None:
+    path = config.load_path
+    if path is None or is_remote(path) or os.path.exists(path):
+        return
+    folder = os.path.dirname(path) or '.'
+    found = sorted(os.listdir(folder))[:10] if os.path.isdir(folder) else []
+    hint = f' {folder} contains: {", ".join(found)}.' if found else ''
+    raise ConfigError(f"load_path='{path}' does not exist.{hint} Point load_path at a checkpoint file "
+                      '(e.g. runs/RUN/checkpoints/ep0-ba100-rank0.pt) or set load_path=null.')
+
+
+def explain_load_error(config: TrainConfig, error: RuntimeError) -> Optional[ConfigError]:
+    """Turn a state-dict shape mismatch from Composer's checkpoint load into an error that names the fix."""
+    message = str(error)
+    if 'size mismatch' not in message:
+        return None
+    source = config.load_path or f'the latest checkpoint in save_folder={config.save_folder}'
+    details = '; '.join(line.strip() for line in message.splitlines() if 'size mismatch' in line)[:800]
+    return ConfigError(f'{source} holds a model of another size than this recipe ({details}). Set model.* to '
+                       'the shape the checkpoint was trained with, or start a new run (another run_name or '
+                       'save_folder, and load_path=null).')
+
+
 def build_trainer(config: TrainConfig) -> Trainer:
     """Build the Composer Trainer for a validated recipe."""
     device = resolve_device(config)
+    check_fsdp_runs_here(config.fsdp, device)
     reproducibility.seed_all(config.seed)  # the model init depends on it
-    stats = read_stats(config.data)
-    check_stats_fit_model(stats, config.data, config.model.block_size, config.model.padded_vocab_size)
     device_batch, micro = device_batch_sizes(config)
+    check_load_path(config)
+    if dist.get_world_size() > 1:
+        dist.initialize_dist(device)  # early, for the barrier in prepare_data; the Trainer reuses it
+    prepare_data(config)
     flops_available = resolve_flops_available(config, device)
 
     model = ComposerGPT(config.model)
     optimizer = build_optimizer(model, config.optimizer, device)
-    return Trainer(
-        run_name=config.run_name,
-        seed=config.seed,
-        model=model,
-        train_dataloader=build_dataloader(config.data, 'train', device_batch, shuffle=config.data.shuffle),
-        eval_dataloader=build_evaluators(config),
-        eval_interval=config.eval_interval,
-        optimizers=optimizer,
-        schedulers=build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration),
-        step_schedulers_every_batch=True,
-        max_duration=config.max_duration,
-        device=device,
-        precision=config.precision,
-        device_train_microbatch_size=micro,
-        parallelism_config={'fsdp': dict(config.fsdp)} if config.fsdp else None,
-        compile_config={} if config.compile else None,
-        algorithms=build_algorithms(config),
-        callbacks=build_callbacks(config, device, flops_available),
-        loggers=build_loggers(config),
-        progress_bar=False,
-        log_to_console=False,
-        save_folder=config.save_folder,
-        save_interval=config.save_interval,
-        save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
-        save_overwrite=not config.autoresume,
-        autoresume=config.autoresume,
-        load_path=config.load_path,
-    )
+    schedule = build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration)
+    try:
+        trainer = Trainer(
+            run_name=config.run_name,
+            seed=config.seed,
+            model=model,
+            train_dataloader=build_dataloader(config.data, 'train', device_batch, shuffle=config.data.shuffle),
+            eval_dataloader=build_evaluators(config),
+            eval_interval=config.eval_interval,
+            optimizers=optimizer,
+            schedulers=schedule,
+            step_schedulers_every_batch=True,
+            max_duration=config.max_duration,
+            device=device,
+            precision=config.precision,
+            device_train_microbatch_size=micro,
+            parallelism_config={'fsdp': dict(config.fsdp)} if config.fsdp else None,
+            compile_config={} if config.compile else None,
+            algorithms=build_algorithms(config),
+            callbacks=build_callbacks(config, device, flops_available, schedule),
+            loggers=build_loggers(config),
+            progress_bar=False,
+            log_to_console=False,
+            save_folder=config.save_folder,
+            save_interval=config.save_interval,
+            save_num_checkpoints_to_keep=config.save_num_checkpoints_to_keep,
+            save_overwrite=not config.autoresume,
+            autoresume=config.autoresume,
+            load_path=config.load_path,
+        )
+    except RuntimeError as error:
+        explained = explain_load_error(config, error)
+        if explained is None:
+            raise
+        raise explained from error
+    correct_gloo_gradient_average(trainer.state.model)
+    check_embedding_tied(trainer.state.model)
+    return trainer
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -180,6 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 2
     trainer.fit()
+    check_embedding_tied(trainer.state.model)  # optimizer steps must update one shared matrix
     trainer.close()
     return 0
 
