@@ -26,10 +26,11 @@ EVAL_PATTERN = re.compile(r'^step (\d+): train loss ([\d.naif]+), val loss ([\d.
 class ConsoleLog(Callback):
     """Print nanoGPT's progress line on rank 0 every `log_interval` optimizer steps, and one line per eval.
 
-    `iter N` counts completed optimizer steps (Composer's `time/batch`), `time` is the wall time of the
-    last step excluding evaluation (Composer's `batch_wct`, the slowest rank's), `loss` is the step's
-    mean loss over all ranks and micro-batches, and `mfu` is a moving average like nanoGPT's:
-    0.9 * previous + 0.1 * current, started after 5 steps so compilation and warm-up do not count.
+    `iter N` counts completed optimizer steps (Composer's `time/batch`). `time` is the wall time of the
+    last step excluding evaluation, as rank 0 measured it (Composer's `batch_wct`); it includes waiting
+    for slower ranks in the gradient reduction. `loss` is the step's mean loss over all ranks and
+    micro-batches. `mfu` is a moving average like nanoGPT's, 0.9 * previous + 0.1 * current, started
+    after 5 steps so compilation and warm-up do not count.
     Reading these values adds no host sync: Composer already brings the loss to the host each step.
 
     | Key                                | Logged value                                    |
@@ -88,7 +89,7 @@ class ConsoleLog(Callback):
     def eval_after_all(self, state: State, logger: Logger) -> None:
         if 'val' not in self.eval_losses:
             return
-        train = self.eval_losses.get('train', (state.total_loss_dict or {}).get('loss/train/total', float('nan')))
+        train = self.eval_losses.get('train_eval', (state.total_loss_dict or {}).get('loss/train/total', float('nan')))
         if dist.get_global_rank() == 0:
             print(EVAL_LINE.format(step=state.timestamp.batch.value, train=train, val=self.eval_losses['val']),
                   flush=True)

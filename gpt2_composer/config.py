@@ -46,6 +46,11 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1.0e-8
     fused: Optional[bool] = None  # null: fused kernel on CUDA, the default loop elsewhere
+    # adamw, or muon: Muon for the 2-D weights inside blocks, AdamW with the settings above for the rest.
+    name: str = 'adamw'
+    muon_lr: float = 0.02  # peak lr of the Muon groups; the schedule scales it like `lr`
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
 
 @dataclass
@@ -189,5 +194,10 @@ def _check_values(config: TrainConfig) -> None:
     if config.resume_schedule not in ('checkpoint', 'config'):
         raise ConfigError(f"Invalid resume_schedule='{config.resume_schedule}': use checkpoint (keep the "
                           "checkpoint's learning-rate schedule) or config (switch to the recipe's).")
+    if config.optimizer.name not in ('adamw', 'muon'):
+        raise ConfigError(f"Invalid optimizer.name='{config.optimizer.name}': use adamw or muon.")
+    if config.optimizer.name == 'muon' and config.fsdp:
+        raise ConfigError('optimizer.name=muon needs whole weight matrices on every rank, and FSDP shards them. '
+                          'Set fsdp=null to train with DDP, or use optimizer.name=adamw.')
     if config.log_interval < 1:
         raise ConfigError(f'Invalid log_interval={config.log_interval}: use a positive number of steps.')

@@ -26,6 +26,7 @@ from streaming import StreamingDataset
 from streaming.base.storage.download import CloudDownloader
 from torch.utils.data import DataLoader
 
+from gpt2_composer.algorithms.seq_length_warmup import seq_len_limit_transform
 from gpt2_composer.composer_model import tokens_in_batch
 from gpt2_composer.config import ConfigError, DataConfig
 
@@ -223,4 +224,4 @@ def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: boo
         persistent_workers=workers > 0,
         drop_last=False,
     )
-    return DataSpec(loader, get_num_tokens_in_batch=tokens_in_batch)
+    return DataSpec(loader, get_num_tokens_in_batch=tokens_in_batch, batch_transforms=seq_len_limit_transform(dataset))

@@ -10,6 +10,7 @@ import torch
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 
+from gpt2_composer.algorithms.muon import build_muon_optimizer
 from gpt2_composer.config import ConfigError, OptimizerConfig, SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ def build_optimizer(model: torch.nn.Module, config: OptimizerConfig, device: str
         config: the `optimizer` section of the recipe.
         device: 'gpu' or 'cpu'; `config.fused=None` picks the fused kernel on GPUs.
     """
+    if config.name == 'muon':
+        return build_muon_optimizer(model, muon_lr=config.muon_lr, muon_momentum=config.muon_momentum,
+                                    muon_weight_decay=config.muon_weight_decay, adamw_lr=config.lr,
+                                    adamw_betas=tuple(config.betas), adamw_eps=config.eps,
+                                    adamw_weight_decay=config.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -37,9 +43,11 @@ def build_optimizer(model: torch.nn.Module, config: OptimizerConfig, device: str
 class WarmupCosineSchedule:
     """Composer scheduler: linear warmup, cosine decay to `min_lr`, then constant, as nanoGPT's `get_lr`.
 
-    At step i (0-based) the multiplier of the peak lr is (i + 1) / (warmup + 1) during warmup, so the
-    first step already trains. From `warmup` to `decay_end` it follows a half cosine from 1 down to
-    min_lr / lr, and stays there afterwards. Steps are optimizer steps ('ba') or tokens ('tok').
+    `multiplier(i)` is (i + 1) / (warmup + 1) during warmup, so the first step already trains. From
+    `warmup` to `decay_end` it follows a half cosine from 1 down to min_lr / lr, and stays there
+    afterwards. Steps are optimizer steps ('ba') or tokens ('tok'). Composer evaluates the schedule
+    before it advances its step count, so optimizer step i >= 1 (0-based) trains with `multiplier(i - 1)`
+    and steps 0 and 1 share the first value: the whole schedule runs one step later than nanoGPT's.
 
     Args:
         warmup: Composer time string, e.g. '2000ba'.
@@ -89,25 +97,26 @@ class ResumedSchedule(Callback):
 
     The schedule is computed from the recipe at start-up, so without this callback a resumed run whose
     YAML changed `optimizer.lr`, `scheduler.*` or `max_duration` would silently follow the new values.
-    The callback stores the schedule in force (peak lr, warmup, decay end, min lr ratio) in every
-    checkpoint. When a loaded checkpoint's schedule differs from the recipe's, `source='checkpoint'`
-    restores the checkpoint's and `source='config'` keeps the recipe's. Both warn and then set the peak
-    lr of Composer's LambdaLR and the lr of the next step to match.
+    The callback stores the schedule in force (each param group's peak lr, warmup, decay end, min lr
+    ratio) in every checkpoint. When a loaded checkpoint's schedule differs from the recipe's,
+    `source='checkpoint'` restores the checkpoint's and `source='config'` keeps the recipe's. Both warn
+    and then set the peak lrs of Composer's LambdaLR and the lrs of the next step to match.
 
     Args:
         schedule: the run's scheduler, changed in place on resume.
-        peak_lr: the recipe's `optimizer.lr`.
+        group_peak_lrs: the peak lr of each optimizer param group, as built from the recipe. Groups
+            differ under Muon, whose matrices have their own lr.
         source: 'checkpoint' or 'config', the recipe's `resume_schedule`.
     """
 
-    def __init__(self, schedule: WarmupCosineSchedule, peak_lr: float, source: str = 'checkpoint'):
+    def __init__(self, schedule: WarmupCosineSchedule, group_peak_lrs: list[float], source: str = 'checkpoint'):
         self.schedule = schedule
-        self.peak_lr = peak_lr
+        self.group_peak_lrs = list(group_peak_lrs)
         self.source = source
         self.loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {'peak_lr': self.peak_lr, **self.schedule.as_dict()}
+        return {'group_peak_lrs': self.group_peak_lrs, **self.schedule.as_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loaded = dict(state)
@@ -122,7 +131,7 @@ class ResumedSchedule(Callback):
         if self.source == 'checkpoint':
             log.warning('Resuming with the checkpoint\'s learning-rate schedule %s; the recipe asks for %s. '
                         'Set resume_schedule=config to use the recipe\'s.', loaded, in_recipe)
-            self.peak_lr = loaded.pop('peak_lr')
+            self.group_peak_lrs = list(loaded.pop('group_peak_lrs'))
             self.schedule.set(**loaded)
         else:
             log.warning('Resuming with the recipe\'s learning-rate schedule %s instead of the checkpoint\'s %s '
@@ -135,8 +144,10 @@ class ResumedSchedule(Callback):
         # shifts the first resumed step's lr by one batch.
         now = state.timestamp.get(self.schedule.warmup.unit).value
         step = max(now - 1, 0) if self.schedule.warmup.unit == TimeUnit.BATCH else now
+        multiplier = self.schedule.multiplier(step)
         for scheduler in state.schedulers:
-            scheduler.base_lrs = [self.peak_lr] * len(scheduler.base_lrs)
+            scheduler.base_lrs = list(self.group_peak_lrs)
         for optimizer in state.optimizers:
-            for group in optimizer.param_groups:
-                group['lr'] = self.peak_lr * self.schedule.multiplier(step)
+            for group, peak in zip(optimizer.param_groups, self.group_peak_lrs):
+                group['initial_lr'] = peak
+                group['lr'] = peak * multiplier

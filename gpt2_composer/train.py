@@ -20,6 +20,7 @@ from composer import Evaluator, Trainer
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor, SystemMetricsMonitor
 from composer.utils import dist, reproducibility
 
+from gpt2_composer.algorithms import build_algorithms as build_speedup_algorithms
 from gpt2_composer.clipping import ClipGradNormAndLog
 from gpt2_composer.callbacks import ConsoleLog, MetricsFile, RecipeRecord, build_wandb_logger
 from gpt2_composer.composer_model import ComposerGPT
@@ -82,7 +83,9 @@ def build_evaluators(config: TrainConfig) -> list[Evaluator]:
     if config.eval_train_split:
         # nanoGPT's eval line also estimates the train loss on eval_batches fresh train batches.
         train = Evaluator(
-            label='train',
+            # Not 'train': Composer reserves that label for its own training metrics and would then
+            # compute this metric on every training batch.
+            label='train_eval',
             dataloader=build_dataloader(config.data, 'train', config.device_eval_batch_size, shuffle=True,
                                         local_suffix='-eval'),
             metric_names=['LanguageCrossEntropy'],
@@ -93,14 +96,14 @@ def build_evaluators(config: TrainConfig) -> list[Evaluator]:
 
 
 def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[float],
-                    schedule: WarmupCosineSchedule) -> list:
+                    schedule: WarmupCosineSchedule, group_peak_lrs: list[float]) -> list:
     callbacks = [
         SpeedMonitor(window_size=config.speed_window, gpu_flops_available=flops_available),
         LRMonitor(),
         SystemMetricsMonitor(),
         ConsoleLog(log_interval=config.log_interval, flops_available=flops_available),
         RecipeRecord(dataclasses.asdict(config)),
-        ResumedSchedule(schedule, config.optimizer.lr, source=config.resume_schedule),
+        ResumedSchedule(schedule, group_peak_lrs, source=config.resume_schedule),
     ]
     if device == 'gpu':
         callbacks.append(MemoryMonitor())
@@ -120,13 +123,9 @@ def build_loggers(config: TrainConfig) -> list:
 
 
 def build_algorithms(config: TrainConfig) -> list:
-    algorithms = []
+    algorithms = build_speedup_algorithms(config.algorithms, grad_clip_norm=config.grad_clip_norm)
     if config.grad_clip_norm is not None:
         algorithms.append(ClipGradNormAndLog(config.grad_clip_norm, log_interval=config.log_interval))
-    if config.algorithms:
-        names = ', '.join(sorted(config.algorithms))
-        raise ConfigError(f'Unknown algorithms: {names}. This version has none besides gradient clipping '
-                          '(grad_clip_norm); remove the algorithms section.')
     return algorithms
 
 
@@ -197,7 +196,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
             parallelism_config={'fsdp': dict(config.fsdp)} if config.fsdp else None,
             compile_config={} if config.compile else None,
             algorithms=build_algorithms(config),
-            callbacks=build_callbacks(config, device, flops_available, schedule),
+            callbacks=build_callbacks(config, device, flops_available, schedule,
+                                      [group['lr'] for group in optimizer.param_groups]),
             loggers=build_loggers(config),
             progress_bar=False,
             log_to_console=False,

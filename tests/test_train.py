@@ -94,7 +94,7 @@ def test_metrics_file_has_composer_keys(short_run):
     _, out = short_run
     series = _metrics(out)
     for key in ('loss/train/total', 'lr-AdamW/group0', 'throughput/tokens_per_sec', 'throughput/device/mfu',
-                'metrics/val/LanguageCrossEntropy', 'metrics/train/LanguageCrossEntropy',
+                'metrics/val/LanguageCrossEntropy', 'metrics/train_eval/LanguageCrossEntropy',
                 'throughput/device/mfu_smoothed', 'throughput/step_time_ms', 'cpu_percentage'):
         assert key in series, key
     assert series['throughput/device/tokens_per_sec'][40] > 0
