@@ -154,13 +154,18 @@ def load_model(path: str, device: str | torch.device = 'cpu') -> tuple[GPT, GPTC
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, device: str | torch.device = 'cpu') -> GPT:
-    """Build a GPT from an already read checkpoint and load its weights strictly (every key must match)."""
-    if checkpoint.architecture_algorithms:
-        # TODO: rebuild such models by applying the algorithms' model surgery before loading the weights.
-        raise CheckpointError(f'{checkpoint.path} was trained with algorithms that change the model '
-                              f'({", ".join(checkpoint.architecture_algorithms)}); this loader builds only '
-                              'the plain GPT.')
+    """Build a GPT from an already read checkpoint and load its weights strictly (every key must match).
+
+    Algorithms in the recipe that change the architecture (rotary, QK-norm, ReLU-squared, ...) are
+    applied to the fresh model first, so the weights load into the same module tree they were saved from.
+    """
+    from gpt2_composer.algorithms import apply_model_algorithms  # the algorithms import this package's model
+
     model = GPT(build_config(checkpoint))
+    try:
+        apply_model_algorithms(model, checkpoint.recipe.get('algorithms'))
+    except ValueError as error:
+        raise CheckpointError(f'{checkpoint.path}: cannot rebuild the model its recipe describes: {error}') from None
     try:
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except RuntimeError as error:

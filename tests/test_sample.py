@@ -127,9 +127,20 @@ def test_cli_prints_prompt_and_continuation(checkpoint):
     assert first.stdout == 'The' + expected + '\n'
 
 
-def test_model_changing_algorithm_rejected(checkpoint, tmp_path):
+def test_model_changing_algorithm_applied(checkpoint, tmp_path):
+    from gpt2_composer.algorithms.relu_squared import ReLUSquared
+
     raw = torch.load(checkpoint, map_location='cpu', weights_only=False)
     raw['state']['callbacks']['RecipeRecord']['config']['algorithms'] = {'relu_squared': {}}
     torch.save(raw, tmp_path / 'relu2.pt')
-    with pytest.raises(CheckpointError, match='change the model \\(relu_squared\\)'):
-        load_model(str(tmp_path / 'relu2.pt'))
+    model, _ = load_model(str(tmp_path / 'relu2.pt'))
+    assert all(isinstance(block.mlp.act, ReLUSquared) for block in model.transformer.h)
+
+
+def test_weights_not_matching_algorithms_rejected(checkpoint, tmp_path):
+    # Rotary drops wpe, so a checkpoint that has wpe cannot be the rotary model its recipe claims.
+    raw = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    raw['state']['callbacks']['RecipeRecord']['config']['algorithms'] = {'rotary': {}}
+    torch.save(raw, tmp_path / 'rotary.pt')
+    with pytest.raises(CheckpointError, match='transformer.wpe.weight'):
+        load_model(str(tmp_path / 'rotary.pt'))
