@@ -216,11 +216,15 @@ def prepare_output(out_root: Path, overwrite: bool) -> Path:
     or if it cannot be created or written.
     """
     existing = [name for name in ("stats.json", *SPLITS) if (out_root / name).exists()]
-    if existing and not overwrite:
+    # Without stats.json, train/ or val/ are what a run killed while publishing left; the rerun replaces them.
+    if "stats.json" in existing and not overwrite:
         raise ConversionError(
             f"output folder {out_root} already contains {', '.join(existing)}; "
             "pass --overwrite (overwrite=True) to replace it"
         )
+    if existing and "stats.json" not in existing:
+        logger.warning("replacing %s in %s: there is no stats.json, so they are incomplete",
+                       " and ".join(existing), out_root)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         # Staging folders of runs that were killed. NOTE: this also removes the staging

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -550,6 +551,18 @@ def test_error_existing_output(tmp_path):
     stats = convert(tmp_path, [source], seq_len=8, overwrite=True)
     assert stats["seq_len"] == 8
     assert json.loads((out_root / "stats.json").read_text())["seq_len"] == 8
+
+
+def test_publish_leftovers_replaced(tmp_path):
+    # A run killed between moving train/ and val/ into place leaves them without stats.json.
+    source = write_jsonl(tmp_path / "docs.jsonl", make_texts(5))
+    expected = convert(tmp_path, [source], seq_len=4)
+    out_root = tmp_path / "out"
+    (out_root / "stats.json").unlink()
+    shutil.rmtree(out_root / "val")
+    stats = convert(tmp_path, [source], seq_len=4)
+    assert stats == expected
+    assert sorted(p.name for p in out_root.iterdir()) == ["stats.json", "train", "val"]
 
 
 def test_stale_staging_removed(tmp_path):
