@@ -96,6 +96,7 @@ class TrainConfig:
     device: Optional[str] = None  # null: gpu when CUDA is available, else cpu
     fsdp: Optional[dict[str, Any]] = None  # passed to Composer as parallelism_config['fsdp']
     compile: bool = False  # torch.compile the model
+    compile_backend: str = 'inductor'  # torch.compile backend; 'eager' traces without generating kernels
 
     eval_interval: str = '1000ba'
     eval_batches: int = 200  # batches per split and eval, as nanoGPT's eval_iters

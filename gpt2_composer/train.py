@@ -194,7 +194,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
             precision=config.precision,
             device_train_microbatch_size=micro,
             parallelism_config={'fsdp': dict(config.fsdp)} if config.fsdp else None,
-            compile_config={} if config.compile else None,
+            compile_config={'backend': config.compile_backend} if config.compile else None,
             algorithms=build_algorithms(config),
             callbacks=build_callbacks(config, device, flops_available, schedule,
                                       [group['lr'] for group in optimizer.param_groups]),
