@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seq_len = 64 if args.smoke else 1024
-    common = ['wandb.enabled=false', 'save_folder=null', 'metrics_file=null', 'eval_interval=100000ba',
+    common = ['wandb.enabled=false', 'save_folder=null', 'autoresume=false', 'metrics_file=null', 'eval_interval=100000ba',
               'eval_train_split=false', 'speed_window=5', 'scheduler.warmup=2ba', 'log_interval=4',
               'data.num_workers=2', f'max_duration={args.steps}ba']
     if args.smoke:
