@@ -198,7 +198,7 @@ class SafeWandBLogger(WandBLogger):
         and that stopped the first launch of every autoresume run.
         """
         if self._is_offline():
-            raise FileNotFoundError(f'wandb is offline, so it holds no artifact {remote_file_name}')
+            raise FileNotFoundError(f'wandb is offline, so artifact {remote_file_name} was not found')
         try:
             super().download_file(remote_file_name, destination, overwrite, progress_bar)
         except FileNotFoundError:

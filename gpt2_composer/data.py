@@ -73,7 +73,7 @@ def read_stats(data: DataConfig) -> dict[str, Any]:
             raise ConfigError(f"data.root='{root}' does not exist. Prepare a dataset first, for example: "
                               f'python convert/owt_to_mds.py --input builtin:pydoc-topics --out-root {root}')
     if not is_remote(root) and not os.path.isfile(path) and _holds_text(root):
-        raise ConfigError(f"data.root='{root}' holds text files, not a dataset of MDS shards. Convert them first: "
+        raise ConfigError(f"data.root='{root}' contains text files, not a dataset of MDS shards. Convert them first: "
                           f'python convert/owt_to_mds.py --input {root} --out-root OUT, then set data.root=OUT.')
     if not os.path.isfile(path):
         raise ConfigError(f"data.root='{root}' has no stats.json, so it is not a finished dataset from "
@@ -94,7 +94,7 @@ def check_stats_fit_model(stats: dict[str, Any], data: DataConfig, block_size: i
     """Raise ConfigError unless the dataset's sequence length equals the model's and its vocabulary fits."""
     seq_len = stats.get('seq_len')
     if not isinstance(seq_len, int) or seq_len != block_size:
-        raise ConfigError(f"data.root='{data.root}' holds samples of seq_len={seq_len}, but "
+        raise ConfigError(f"data.root='{data.root}' contains samples of seq_len={seq_len}, but "
                           f'model.block_size={block_size}. Convert with --seq-len {block_size} into another '
                           f'folder, or set model.block_size={seq_len}.')
     if stats.get('vocab_size', 0) > vocab_size:
