@@ -170,7 +170,9 @@ def get_tokenizer() -> tiktoken.Encoding:
     except OSError as err:  # tiktoken downloads with requests, whose errors subclass OSError
         raise ConversionError(
             f"cannot load the tiktoken {TOKENIZER!r} vocabulary ({err}). Offline, set "
-            "TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached GPT-2 files."
+            "TIKTOKEN_CACHE_DIR to a folder with tiktoken's cached GPT-2 files, named by the SHA-1 of their URLs: "
+            "6d1cbeee0f20b3d9449abfede4726ed8212e3aee (vocab.bpe) and 6c7ea1a7e38e3a7f062df639a5b80947f075ffe6 "
+            "(encoder.json)."
         ) from err
     check_ids_fit_dtype(encoding.max_token_value, TOKEN_DTYPE)
     assert encoding.eot_token == EOT_ID, encoding.eot_token
@@ -201,7 +203,7 @@ def select_val_documents(n_documents: int, val_fraction: float, seed: int) -> np
     if n_val >= n_documents:
         raise ConversionError(
             f"cannot split {n_documents} document(s): val_fraction {val_fraction} puts {n_val} "
-            "in val and leaves none for train. Add documents or lower --val-fraction."
+            "in val and leaves none for train. Add documents, for example by splitting one long text into several files."
         )
     permutation = np.random.default_rng(seed).permutation(n_documents)
     is_val = np.zeros(n_documents, dtype=bool)
