@@ -182,8 +182,27 @@ def load_config(yaml_path: Optional[str], overrides: Optional[list[str]] = None)
     return config
 
 
+# Keys whose values are Composer time strings: a number and a unit, e.g. 2000ba, 1ep, 10000tok.
+_TIME_KEYS = ('max_duration', 'eval_interval', 'save_interval', 'scheduler.warmup', 'scheduler.decay_end')
+
+
+def _check_time_strings(config: TrainConfig) -> None:
+    from composer.core import Time  # Composer is slow to import; only this check needs it here
+
+    for key in _TIME_KEYS:
+        value = OmegaConf.select(OmegaConf.structured(config), key)
+        if value is None:
+            continue
+        try:
+            Time.from_timestring(str(value))
+        except ValueError:
+            raise ConfigError(f"Invalid {key}='{value}': use a number with a unit, such as 2000ba (batches), "
+                              '1ep (epochs) or 10000000tok (tokens).') from None
+
+
 def _check_values(config: TrainConfig) -> None:
     """Check values the type system cannot: unions with 'auto', divisibility, allowed names."""
+    _check_time_strings(config)
     micro = config.device_train_microbatch_size
     if micro != 'auto' and (not isinstance(micro, int) or isinstance(micro, bool) or micro < 1):
         raise ConfigError(f"Invalid device_train_microbatch_size={micro!r}: use a positive integer or 'auto'.")

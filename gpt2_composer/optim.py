@@ -66,7 +66,9 @@ class WarmupCosineSchedule:
             raise ConfigError(f"scheduler.warmup='{warmup}' and the decay end '{decay_end}' must both be in batches "
                              "('ba') or both in tokens ('tok'); set scheduler.decay_end to match.")
         if self.decay_end.value <= self.warmup.value:
-            raise ConfigError(f"the decay end '{decay_end}' must come after scheduler.warmup='{warmup}'.")
+            raise ConfigError(f"The lr decay ends at '{decay_end}' (scheduler.decay_end, or max_duration when it is "
+                              f"null), which is not after scheduler.warmup='{warmup}'. Shorten the warmup, e.g. "
+                              'scheduler.warmup=1ba for a smoke run, or train longer.')
         self.min_lr_ratio = min_lr_ratio
 
     def as_dict(self) -> dict[str, Any]:

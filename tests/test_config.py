@@ -87,3 +87,13 @@ def test_missing_recipe_file():
 def test_override_without_equals_sign():
     with pytest.raises(ConfigError, match="Invalid override 'optimizer.lr'"):
         load_config(str(YAMLS / 'gpt2-cpu.yaml'), ['optimizer.lr'])
+
+
+@pytest.mark.parametrize('override, key', [
+    ('max_duration=ten', 'max_duration'),
+    ('eval_interval=often', 'eval_interval'),
+    ('scheduler.warmup=2000', 'scheduler.warmup'),
+])
+def test_invalid_time_string_names_key(override, key):
+    with pytest.raises(ConfigError, match=f"Invalid {key}='.*': use a number with a unit"):
+        load_config(str(YAMLS / 'gpt2-cpu.yaml'), [override])

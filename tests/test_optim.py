@@ -41,7 +41,7 @@ def test_mixed_time_units_rejected():
 
 
 def test_warmup_longer_than_run_rejected():
-    with pytest.raises(ConfigError, match='must come after'):
+    with pytest.raises(ConfigError, match="is not after scheduler.warmup='100ba'"):
         WarmupCosineSchedule('100ba', '50ba', 0.1)
 
 
