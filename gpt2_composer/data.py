@@ -164,11 +164,21 @@ def _check_shard(shard: dict[str, Any], number: int, root: str, split: str, stat
 
 
 class TokenDataset(StreamingDataset):
-    """StreamingDataset whose samples are int64 token tensors of length seq_len + 1."""
+    """StreamingDataset whose samples are int64 token tensors of length seq_len + 1.
+
+    Set `vocab_size` to reject a sample with an id the model has no embedding for, which a corrupt
+    shard produces; without the check it surfaces as an IndexError (a device-side assert on GPUs).
+    """
+
+    vocab_size: Optional[int] = None
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        sample = super().__getitem__(index)
-        return torch.from_numpy(sample[TOKENS_COLUMN].astype(np.int64))
+        tokens = super().__getitem__(index)[TOKENS_COLUMN]
+        if self.vocab_size is not None and int(tokens.max()) >= self.vocab_size:
+            raise ValueError(f'Sample {index} of {self.streams[0].local} has token id {int(tokens.max())}, '
+                             f'outside the vocabulary of {self.vocab_size}: a shard is corrupt. Convert the '
+                             'data again with --overwrite.')
+        return torch.from_numpy(tokens.astype(np.int64))
 
 
 def collate_tokens(samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,7 +202,7 @@ def local_folders(data: DataConfig, eval_train_split: bool) -> list[str]:
 
 
 def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: bool,
-                     local_suffix: str = '') -> DataSpec:
+                     local_suffix: str = '', vocab_size: Optional[int] = None) -> DataSpec:
     """Build the DataSpec for one split of the dataset.
 
     Args:
@@ -202,6 +212,7 @@ def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: boo
         shuffle: shuffle samples with `data.shuffle_seed` (new order each epoch).
         local_suffix: appended to the cache folder of a remote root, so that a second reader of the
             same split (the train-loss evaluator) does not share the training reader's cache.
+        vocab_size: reject samples with a token id at or above it (see `TokenDataset`).
     """
     remote, local = split_paths(data, split, local_suffix)
     if remote is None:
@@ -213,6 +224,7 @@ def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: boo
         shuffle_seed=data.shuffle_seed,
         batch_size=batch_size,
     )
+    dataset.vocab_size = vocab_size
     workers = data.num_workers
     loader = DataLoader(
         dataset,

@@ -75,7 +75,8 @@ def device_batch_sizes(config: TrainConfig) -> tuple[int, int | str]:
 def build_evaluators(config: TrainConfig) -> list[Evaluator]:
     val = Evaluator(
         label='val',
-        dataloader=build_dataloader(config.data, 'val', config.device_eval_batch_size, shuffle=False),
+        dataloader=build_dataloader(config.data, 'val', config.device_eval_batch_size, shuffle=False,
+                                    vocab_size=config.model.vocab_size),
         metric_names=['LanguageCrossEntropy', 'LanguagePerplexity'],
         subset_num_batches=config.eval_batches,
     )
@@ -87,6 +88,7 @@ def build_evaluators(config: TrainConfig) -> list[Evaluator]:
             # compute this metric on every training batch.
             label='train_eval',
             dataloader=build_dataloader(config.data, 'train', config.device_eval_batch_size, shuffle=True,
+                                        vocab_size=config.model.vocab_size,
                                         local_suffix='-eval'),
             metric_names=['LanguageCrossEntropy'],
             subset_num_batches=config.eval_batches,
@@ -113,7 +115,7 @@ def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[
 def build_loggers(config: TrainConfig) -> list:
     loggers = []
     if config.metrics_file:
-        loggers.append(MetricsFile(config.metrics_file))
+        loggers.append(MetricsFile(config.metrics_file, resuming=config.autoresume or config.load_path is not None))
     if config.wandb.enabled:
         wandb_logger = build_wandb_logger(config.wandb.project, config.wandb.entity, config.wandb.mode,
                                           config.run_name, config.wandb.dir)
@@ -183,7 +185,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
             run_name=config.run_name,
             seed=config.seed,
             model=model,
-            train_dataloader=build_dataloader(config.data, 'train', device_batch, shuffle=config.data.shuffle),
+            train_dataloader=build_dataloader(config.data, 'train', device_batch, shuffle=config.data.shuffle,
+                                              vocab_size=config.model.vocab_size),
             eval_dataloader=build_evaluators(config),
             eval_interval=config.eval_interval,
             optimizers=optimizer,

@@ -480,3 +480,19 @@ def test_conversion_killed_then_rerun_identical(dataset, tmp_path):
                 ((Path(p), d) for p, d in snapshot(out).items())}
     expected = {Path(p).relative_to(dataset): d for p, d in snapshot(dataset).items()}
     assert relative == expected
+
+
+def test_corrupt_token_ids_rejected(dataset, tmp_path):
+    from gpt2_composer.config import DataConfig
+    from gpt2_composer.data import build_dataloader
+
+    copy = copy_dataset(dataset, tmp_path)
+    shard = copy / 'train' / 'shard.00000.mds'
+    data = bytearray(shard.read_bytes())
+    data[-2000:] = b'\xff' * 2000  # same size, so the shard checks pass; ids become 65535
+    shard.write_bytes(bytes(data))
+    config = DataConfig(root=str(copy), num_workers=0)
+    loader = build_dataloader(config, 'train', batch_size=8, shuffle=False, vocab_size=50257).dataloader
+    with pytest.raises(ValueError, match=r'token id 65535, outside the vocabulary of 50257: a shard is corrupt'):
+        for _ in loader:
+            pass
