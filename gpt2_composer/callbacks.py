@@ -122,18 +122,28 @@ class MetricsFile(LoggerDestination):
     The plots command reads this file, so curves can be drawn without a wandb account.
 
     Args:
-        path: the file; its folder is created. An existing file is appended to, so a resumed run
-            continues it (readers keep the last value logged for a step).
+        path: the file; its folder is created.
+        resuming: True when the run may continue an earlier one (autoresume or load_path): an existing
+            file is then appended to, and readers keep the last value logged for a step. Otherwise an
+            existing file belongs to another run and is renamed to `PATH.1` (`.2`, ...) first.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, resuming: bool = True):
         self.path = path
+        self.resuming = resuming
         self._file = None
 
     def init(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() != 0:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if not self.resuming and os.path.exists(self.path):
+            number = 1
+            while os.path.exists(f'{self.path}.{number}'):
+                number += 1
+            os.replace(self.path, f'{self.path}.{number}')
+            log.warning('%s was written by an earlier run; moved it to %s.%d so this run starts a new file',
+                        self.path, self.path, number)
         self._file = open(self.path, 'a', encoding='utf-8', buffering=1)  # line-buffered
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:

@@ -140,3 +140,24 @@ def test_missing_data_root_is_clear_error(tmp_path):
     assert result.returncode == 2
     assert f"data.root='{tmp_path}/nothing' does not exist" in result.stderr
     assert 'convert/owt_to_mds.py' in result.stderr
+
+
+def test_metrics_file_of_earlier_run_moved(tmp_path):
+    from gpt2_composer.callbacks import MetricsFile
+
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text('{"step": 0, "loss/train/total": 10.0}\n')
+    fresh = MetricsFile(str(path), resuming=False)
+    fresh.init(None, None)
+    fresh.log_metrics({'loss/train/total': 9.0}, step=0)
+    fresh.close(None, None)
+    assert (tmp_path / 'metrics.jsonl.1').read_text() == '{"step": 0, "loss/train/total": 10.0}\n'
+    assert path.read_text() == '{"step": 0, "loss/train/total": 9.0}\n'
+
+    resumed = MetricsFile(str(path), resuming=True)
+    resumed.init(None, None)
+    resumed.log_metrics({'loss/train/total': 8.0}, step=1)
+    resumed.close(None, None)
+    assert path.read_text().splitlines() == ['{"step": 0, "loss/train/total": 9.0}',
+                                             '{"step": 1, "loss/train/total": 8.0}']
+    assert not (tmp_path / 'metrics.jsonl.2').exists()
