@@ -125,6 +125,18 @@ class TrainConfig:
 _FREEFORM_FIELDS = {'fsdp', 'algorithms'}
 
 
+def _all_keys(schema: type, prefix: str = '') -> list[str]:
+    """List every dotted key of `schema`, nested sections included, e.g. 'optimizer.lr'."""
+    keys = []
+    for schema_field in dataclasses.fields(schema):
+        name = prefix + schema_field.name
+        keys.append(name)
+        factory = schema_field.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            keys += _all_keys(factory, prefix=f'{name}.')
+    return keys
+
+
 def _check_keys(values: dict, schema: type, prefix: str = '') -> None:
     """Raise ConfigError for the first key in `values` that `schema` does not define, with a suggestion."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -132,7 +144,10 @@ def _check_keys(values: dict, schema: type, prefix: str = '') -> None:
         full_key = f'{prefix}{key}'
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            # A key written at the wrong level, such as lr for optimizer.lr, matches a nested key instead.
+            nested = [name for name in _all_keys(schema) if '.' in name and name.rsplit('.', 1)[-1] == key]
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ''
+            hint = f" Did you mean '{prefix}{nested[0]}'?" if nested and not close else hint
             valid = ', '.join(sorted(fields))
             raise ConfigError(f"Unknown config key '{full_key}'.{hint} Valid keys here: {valid}.")
         field_type = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
@@ -178,6 +193,8 @@ def load_config(yaml_path: Optional[str], overrides: Optional[list[str]] = None)
         message = str(getattr(error, 'msg', error)).splitlines()[0]
         raise ConfigError(f"Invalid value for config key '{key}': {message}. "
                           'Fix it in the YAML or override it with key=value.') from None
+    except ValueError as error:  # a section's own check, such as GPTConfig's on n_head and n_embd
+        raise ConfigError(str(error)) from None
     _check_values(config)
     return config
 

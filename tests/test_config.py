@@ -97,3 +97,14 @@ def test_override_without_equals_sign():
 def test_invalid_time_string_names_key(override, key):
     with pytest.raises(ConfigError, match=f"Invalid {key}='.*': use a number with a unit"):
         load_config(str(YAMLS / 'gpt2-cpu.yaml'), [override])
+
+
+@pytest.mark.parametrize('override, suggested', [('lr=1e-3', 'optimizer.lr'), ('n_layer=2', 'model.n_layer')])
+def test_key_at_wrong_level_suggests_section(override, suggested):
+    with pytest.raises(ConfigError, match=f"Did you mean '{suggested}'"):
+        load_config(str(YAMLS / 'gpt2-cpu.yaml'), [override])
+
+
+def test_model_shape_check_is_config_error():
+    with pytest.raises(ConfigError, match='model.n_embd=256 is not divisible by model.n_head=5'):
+        load_config(str(YAMLS / 'gpt2-cpu.yaml'), ['model.n_head=5'])
