@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -102,7 +103,11 @@ def read_checkpoint(path: str) -> Checkpoint:
         local_path = _fetch(path, workdir)
         # weights_only=False: Composer pickles more than tensors (timestamps, RNG state, the recipe).
         # Load only checkpoints you trust, as with any pickle.
-        raw = torch.load(local_path, map_location='cpu', weights_only=False)
+        try:
+            raw = torch.load(local_path, map_location='cpu', weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise CheckpointError(f'{path} is not a readable torch checkpoint ({type(error).__name__}: {error}). '
+                                  'Pass a Composer checkpoint such as runs/RUN/checkpoints/latest-rank0.pt.') from None
 
     state = raw.get('state') if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not isinstance(state.get('model'), dict):

@@ -109,6 +109,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.max_new_tokens < 1:
+        print(f'error: invalid --max-new-tokens {args.max_new_tokens}: use a positive number of tokens.',
+              file=sys.stderr)
+        return 2
     try:
         text = sample_text(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature,
                            args.top_k or None, args.seed, args.device, args.stop_at_eot)

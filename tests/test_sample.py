@@ -144,3 +144,16 @@ def test_weights_not_matching_algorithms_rejected(checkpoint, tmp_path):
     torch.save(raw, tmp_path / 'rotary.pt')
     with pytest.raises(CheckpointError, match='transformer.wpe.weight'):
         load_model(str(tmp_path / 'rotary.pt'))
+
+
+def test_non_checkpoint_file_rejected(tmp_path):
+    not_a_checkpoint = tmp_path / 'stats.json'
+    not_a_checkpoint.write_text('{"seq_len": 64}')
+    with pytest.raises(CheckpointError, match='stats.json is not a readable torch checkpoint'):
+        load_model(str(not_a_checkpoint))
+
+
+def test_negative_max_new_tokens_rejected(checkpoint, capsys):
+    from gpt2_composer.sample import main
+    assert main([str(checkpoint), '--max-new-tokens', '-3']) == 2
+    assert 'invalid --max-new-tokens -3' in capsys.readouterr().err
