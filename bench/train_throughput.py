@@ -3,7 +3,7 @@
 Both loops train the same GPT (same init, same seed), on the same streaming dataloader, with the same
 AdamW groups, learning-rate schedule, gradient clipping at 1.0 and micro-batching, and the timings
 skip the first `--warmup` steps. The Composer run uses the full recipe path (`build_trainer`), with
-its monitors and console line; evaluation, checkpoints and wandb are off in both, since the plain
+its monitors and console line. Evaluation, checkpoints and wandb are off in both, because the plain
 loop has none.
 
     python bench/train_throughput.py --data-root data/pydoc --steps 30 --repeats 3

@@ -27,7 +27,7 @@ class ConsoleLog(Callback):
     """Print nanoGPT's progress line on rank 0 every `log_interval` optimizer steps, and one line per eval.
 
     `iter N` counts completed optimizer steps (Composer's `time/batch`). `time` is the wall time of the
-    last step excluding evaluation, as rank 0 measured it (Composer's `batch_wct`); it includes waiting
+    last step excluding evaluation, as rank 0 measured it (Composer's `batch_wct`). It includes waiting
     for slower ranks in the gradient reduction. `loss` is the step's mean loss over all ranks and
     micro-batches. `mfu` is a moving average like nanoGPT's, 0.9 * previous + 0.1 * current, started
     after 5 steps so compilation and warm-up do not count.
@@ -203,7 +203,7 @@ class SafeWandBLogger(WandBLogger):
                       progress_bar: bool = True) -> None:
         """Fetch a checkpoint artifact; any failure reads as 'not found' so autoresume goes on without it.
 
-        Composer's autoresume asks every logger for the latest checkpoint when save_folder has none.
+        Composer's autoresume queries every logger for the latest checkpoint when save_folder has none.
         WandBLogger then calls `wandb.Api()`, which raises UsageError offline or without an API key,
         and that stopped the first launch of every autoresume run.
         """

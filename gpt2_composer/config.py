@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the MDS dataset written by `convert/owt_to_mds.py` lives and how it is read."""
+    """Location and reading options of the MDS dataset that `convert/owt_to_mds.py` writes."""
 
     # Folder holding train/, val/ and stats.json: a local path or a remote URL that mosaicml-streaming
     # reads (s3://, gs://, oci://, azure://, hf://, ...).

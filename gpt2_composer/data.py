@@ -129,7 +129,7 @@ def check_shards_match_stats(stats: dict[str, Any], root: str) -> None:
     checked here because their shards download lazily; streaming validates what it downloads.
 
     Raises:
-        ConfigError: naming the file, what it holds against what stats.json records, and the fix.
+        ConfigError: naming the file, what it contains against what stats.json records, and the fix.
     """
     expected_encoding = f"ndarray:{stats.get('dtype')}:{stats.get('sample_len')}"
     for split in ('train', 'val'):
@@ -166,8 +166,8 @@ def _check_shard(shard: dict[str, Any], number: int, root: str, split: str, stat
 class TokenDataset(StreamingDataset):
     """StreamingDataset whose samples are int64 token tensors of length seq_len + 1.
 
-    Set `vocab_size` to reject a sample with an id the model has no embedding for, which a corrupt
-    shard produces; without the check it surfaces as an IndexError (a device-side assert on GPUs).
+    Set `vocab_size` to reject a sample with an id the model has no embedding for, as a corrupt shard
+    produces. Without the check, such an id surfaces as an IndexError (a device-side assert on GPUs).
     """
 
     vocab_size: Optional[int] = None

@@ -197,7 +197,7 @@ class GPT(nn.Module):
             logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
         return logits
 
-    # Composer's FSDP (v1 and v2) asks the model which submodules to shard as units.
+    # Composer's FSDP (v1 and v2) calls these to choose the submodules it shards as units.
     def fsdp_wrap_fn(self, module: nn.Module) -> bool:
         return isinstance(module, Block)
 

@@ -37,7 +37,7 @@ from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 # optimizer step N (the console's `iter N`) is stored under N - 1. Everything else plotted here is
 # logged after the step, under N.
 LOSS_STEP_OFFSET = 1
-# SystemMetricsMonitor names GPU metrics by the rank that holds the extreme, e.g. max_gpu_power_usage_W_rank_3.
+# SystemMetricsMonitor names GPU metrics by the rank that has the extreme, e.g. max_gpu_power_usage_W_rank_3.
 GPU_EXTREME_KEY = re.compile(r'^(min|max)_(gpu_percentage|memory_percentage|gpu_temperature_C|gpu_power_usage_W)'
                              r'_rank_\d+$')
 
@@ -149,7 +149,7 @@ def extract_series(metrics: dict[str, dict[int, float]]) -> dict[str, Series]:
         if match:
             gpu_keys.setdefault(f'gpu/{match.group(1)}_{match.group(2)}', []).append(key)
     for name, keys in sorted(gpu_keys.items()):
-        # The rank in the key changes when another rank holds the extreme, so merge those keys.
+        # The rank in the key changes when another rank has the extreme, so merge those keys.
         merged = {step: value for key in keys for step, value in metrics[key].items()}
         series[name] = _make_series({'merged': merged, 'time/token': metrics.get('time/token', {})}, 'merged')
     return series

@@ -83,9 +83,9 @@ def _has_file_lock(prefix: int) -> bool:
 def remove_prefixes(should_remove: Callable[[list[str]], bool]) -> list[str]:
     """Unlink the streaming segments of every prefix whose registered local folders `should_remove` accepts.
 
-    The test suite uses it to clear what earlier test sessions left: streaming 0.13 opens, and keeps
-    open, every other run's `locals` segment each time it builds a dataset, so leftovers pile up
-    into "Too many open files" over a session that builds hundreds of datasets.
+    The test suite uses it to clear what earlier test sessions left. streaming 0.13 opens, and keeps
+    open, every other run's `locals` segment each time it builds a dataset. Leftovers therefore pile
+    up into "Too many open files" over a session that builds hundreds of datasets.
 
     Returns:
         The names of the segments and file locks removed.

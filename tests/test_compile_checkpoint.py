@@ -2,22 +2,13 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
-from convert.owt_to_mds import convert_to_mds
 from gpt2_composer.config import load_config
 from gpt2_composer.train import build_trainer
-from tests.test_train import tiny_run_overrides
+from tests.test_train import pydoc_dataset, tiny_run_overrides  # noqa: F401 (pydoc_dataset is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('compile') / 'pydoc64'
-    convert_to_mds(['builtin:pydoc-topics'], str(root), seq_len=64, progress=False)
-    return root
 
 
 def train_and_save(dataset: Path, out: Path, steps: int, compiled: bool, load_path: Path | None = None):
@@ -41,7 +32,8 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location='cpu', weights_only=False)['state']['model']
 
 
-def test_compiled_checkpoint_round_trip(dataset, tmp_path):
+def test_compiled_checkpoint_round_trip(pydoc_dataset, tmp_path):
+    dataset = pydoc_dataset
     trainer, _ = train_and_save(dataset, tmp_path / 'compiled', steps=2, compiled=True)
     assert hasattr(trainer.state.model.forward, '_torchdynamo_orig_callable')  # Composer wrapped it with Dynamo
     compiled_checkpoint = tmp_path / 'compiled' / 'checkpoints' / 'ep0-ba2-rank0.pt'

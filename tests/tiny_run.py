@@ -1,6 +1,6 @@
 """A 6-step training run of a tiny padded-vocabulary GPT, shared by the plot, sample and export tests.
 
-The first test module that asks for it trains; the others reuse the folder under pytest's base temp dir.
+The first test module that requests it trains; the others reuse the folder under pytest's base temp dir.
 """
 
 from pathlib import Path

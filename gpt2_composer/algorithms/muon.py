@@ -7,7 +7,7 @@ quintic Newton-Schulz iteration approximates in a few matmuls. The iteration's c
 (3.4445, -4.7750, 2.0315) are the ones published with Muon. They give up exact orthogonality
 (singular values end up roughly in 0.7..1.2) to grow small singular values fast.
 
-Composer drives one optimizer, so `MuonWithAdamW` holds both kinds of param groups: groups with
+Composer drives one optimizer, so `MuonWithAdamW` contains both kinds of param groups: groups with
 `use_muon=True` take the Muon update, the others an AdamW update. Composer's LR schedulers scale
 every group's lr by the same multiplier.
 """
@@ -69,7 +69,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     Per-parameter state (saved by `state_dict`): `momentum_buffer` for Muon; `step`, `exp_avg`,
     `exp_avg_sq` for AdamW.
 
-    NOTE: Muon needs each weight matrix whole. Under FSDP a rank holds a flat shard, so `step`
+    NOTE: Muon needs each weight matrix whole. Under FSDP a rank has only a flat shard, so `step`
     raises for parameters that are not 2-D; train with DDP (no `fsdp` section) instead. Every DDP
     rank orthogonalises every matrix; modded-nanogpt spreads that work across ranks instead.
 

@@ -53,7 +53,7 @@ class SequenceLengthWarmup(Algorithm):
     Changes: during the first `duration` of training (a fraction of max_duration, in its unit),
     step n trains on the first L_n + 1 tokens of each sample. L_n rises linearly from `min_seq_len`
     to `max_seq_len` and is rounded down to a multiple of `multiple_of`. Afterwards samples are
-    whole again. The batch size in samples is unchanged, so a warmup step holds fewer
+    whole again. The batch size in samples is unchanged, so a warmup step contains fewer
     tokens; a token-based max_duration therefore takes more steps.
 
     Costs: the cropped-off tokens are read from the dataset but never trained on, so an epoch
