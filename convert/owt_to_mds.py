@@ -16,7 +16,9 @@ Steps:
    NOTE: the validation documents equal nanoGPT's only if the inputs yield the documents
    in the order of the hub dataset. hf:Skylion007/openwebtext does; the member order of
    the original openwebtext.tar.xz has not been compared with it.
-2. Tokenize chunks of documents in `workers` processes and concatenate each split's tokens.
+2. Tokenize chunks of documents in `workers` threads and concatenate each split's tokens.
+   tiktoken's BPE runs without the GIL, so threads tokenize in parallel, as in tiktoken's own
+   `encode_ordinary_batch`, and nothing is pickled between processes.
 3. Cut each split's stream into samples of seq_len + 1 tokens, where sample k is
    stream[k * seq_len : k * seq_len + seq_len + 1]. Consecutive samples share one token,
    so with inputs sample[:-1] and targets sample[1:], every kept token after the first is
@@ -43,17 +45,17 @@ import functools
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tiktoken
@@ -83,8 +85,9 @@ COLUMN = "tokens"
 SPLITS = ("train", "val")
 STAGING_PREFIX = ".incomplete-"
 
-# A chunk is the unit of work sent to a tokenizer process: large enough that pickling
-# costs little next to BPE, small enough that a few chunks per worker bound the memory.
+# A chunk is the unit of work given to a tokenizer thread: large enough that the Python
+# around each call costs little next to BPE, small enough that a few chunks per worker
+# bound the memory.
 DOCS_PER_CHUNK = 256
 CHARS_PER_CHUNK = 1 << 20
 CHUNKS_IN_FLIGHT_PER_WORKER = 4
@@ -108,9 +111,7 @@ def convert_to_mds(
             `builtin:pydoc-topics`, `hf:NAME`), read in the order given.
         out_root: folder that receives `train/`, `val/` and `stats.json`.
         seq_len: model context length T; each sample stores T + 1 tokens.
-        workers: tokenizer processes; 1 tokenizes in this process. The output bytes do not
-            depend on it. With more than 1, the calling script needs an
-            `if __name__ == "__main__":` guard (see `iter_tokenized_chunks`).
+        workers: tokenizer threads. The output bytes do not depend on it.
         val_fraction: share of documents for validation, rounded up to whole documents.
         seed: seed of the document permutation that picks the validation documents.
         overwrite: replace an existing output in `out_root` instead of raising.
@@ -131,6 +132,7 @@ def convert_to_mds(
     sources = resolve_sources(inputs)
     out_path = Path(out_root)
     staging = prepare_output(out_path, overwrite)
+    start_importing_mds_writer()  # runs while the documents are counted and the first ones tokenized
     try:
         n_documents = count_documents(sources, max_documents, progress)
         is_val = select_val_documents(n_documents, val_fraction, seed)
@@ -341,34 +343,42 @@ def write_splits(
 
     Returns the per-split counts of `SplitWriter.stats`.
     """
-    # Imported here because importing streaming imports torch, which takes seconds. The
-    # tokenizer processes import this module and need neither.
-    from streaming import MDSWriter
-
-    columns = {COLUMN: f"ndarray:{np.dtype(TOKEN_DTYPE).name}:{seq_len + 1}"}
     n_documents = is_val.size
     n_read = 0
+    # The first chunks are tokenized while streaming is still being imported; their tokens wait
+    # in `held` until the writers exist.
+    mds_writer = start_importing_mds_writer()
+    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    splits: dict[str, SplitWriter] | None = None
     with ExitStack() as stack:
-        splits = {}
-        for split in SPLITS:
-            writer = MDSWriter(out=str(staging / split), columns=columns, compression=None)
-            splits[split] = SplitWriter(stack.enter_context(writer), seq_len)
         bar = stack.enter_context(
             tqdm(total=n_documents, desc="tokenizing", unit="doc", disable=not progress)
         )
         start_time = time.perf_counter()
+        total_tokens = 0
 
         for tokens, lengths in iter_tokenized_chunks(documents, workers):
             chunk_is_val = is_val[n_read:n_read + lengths.size]
             n_read += lengths.size
             if n_read > n_documents:
                 break
-            route_chunk(splits, tokens, lengths, chunk_is_val)
+            held.append((tokens, lengths, chunk_is_val))
+            if splits is None and mds_writer.done():
+                splits = open_split_writers(stack, mds_writer, staging, seq_len)
+            if splits is not None:
+                for held_chunk in held:
+                    route_chunk(splits, *held_chunk)
+                held.clear()
 
-            total_tokens = splits["train"].tokens + splits["val"].tokens
+            total_tokens += tokens.size
             rate = total_tokens / max(time.perf_counter() - start_time, 1e-9)
             bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
             bar.update(lengths.size)
+
+        if splits is None:
+            splits = open_split_writers(stack, mds_writer, staging, seq_len)
+        for held_chunk in held:
+            route_chunk(splits, *held_chunk)
 
     if n_read != n_documents:
         raise ConversionError(
@@ -376,6 +386,40 @@ def write_splits(
             f"first pass, then read {'more' if n_read > n_documents else n_read}. Rerun."
         )
     return {split: splits[split].stats() for split in SPLITS}
+
+
+@functools.lru_cache(maxsize=1)
+def start_importing_mds_writer() -> Future[Any]:
+    """Start importing streaming's MDSWriter in a thread, once per process; return its future.
+
+    The import takes seconds, because streaming imports torch and transformers, and the
+    conversion needs the writer only once the first tokens are ready.
+    """
+    future: Future[Any] = Future()
+
+    def import_writer() -> None:
+        try:
+            from streaming import MDSWriter
+
+            future.set_result(MDSWriter)
+        except BaseException as err:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(err)
+
+    threading.Thread(target=import_writer, name="import-streaming").start()
+    return future
+
+
+def open_split_writers(
+    stack: ExitStack, mds_writer: Future[Any], staging: Path, seq_len: int
+) -> dict[str, SplitWriter]:
+    """Open one MDS writer per split in `staging`; `stack` closes them, which writes index.json."""
+    writer_class = mds_writer.result()
+    columns = {COLUMN: f"ndarray:{np.dtype(TOKEN_DTYPE).name}:{seq_len + 1}"}
+    splits = {}
+    for split in SPLITS:
+        writer = writer_class(out=str(staging / split), columns=columns, compression=None)
+        splits[split] = SplitWriter(stack.enter_context(writer), seq_len)
+    return splits
 
 
 def route_chunk(
@@ -390,24 +434,13 @@ def route_chunk(
 def iter_tokenized_chunks(documents: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield `tokenize_chunk` results for consecutive chunks of `documents`, in input order.
 
-    With several workers, at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker are
-    submitted ahead of the consumer, so the input is never read far ahead.
-    multiprocessing.Pool.imap is not used because its feeder thread reads the whole input.
-
-    Like any "spawn" pool, a script that calls this with workers > 1 must guard its entry
-    point with `if __name__ == "__main__":`, because each worker imports the main module.
+    `workers` threads tokenize while the caller reads, packs and writes. At most
+    CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker are submitted ahead of the consumer, so the
+    input is never read far ahead (ThreadPoolExecutor.map would read all of it first).
     """
     chunks = iter_chunks(documents)
-    if workers == 1:
-        for chunk in chunks:
-            yield tokenize_chunk(chunk)
-        return
-
-    # "spawn" starts clean interpreters. A fork would copy this process while tqdm's monitor
-    # thread may hold a lock, and spawn behaves the same on Linux and macOS.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize") as pool:
+        pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
         try:
             for chunk in chunks:
                 pending.append(pool.submit(tokenize_chunk, chunk))
@@ -416,7 +449,8 @@ def iter_tokenized_chunks(documents: Iterable[str], workers: int) -> Iterator[tu
             while pending:
                 yield pending.popleft().result()
         finally:
-            pool.shutdown(cancel_futures=True)
+            for future in pending:
+                future.cancel()
 
 
 def iter_chunks(documents: Iterable[str]) -> Iterator[list[str]]:
@@ -434,22 +468,39 @@ def iter_chunks(documents: Iterable[str]) -> Iterator[list[str]]:
 
 
 def tokenize_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Encode each non-empty text with `encode_ordinary` and append EOT_ID after it.
+    """Encode each non-empty text like `encode_ordinary` and append EOT_ID after it.
 
     Returns the concatenated token ids (uint16) and each text's token count including its
     EOT_ID. An empty text gets no tokens and count 0.
     """
     encoding = get_tokenizer()
-    ids: list[int] = []
+    eot = np.array([EOT_ID], dtype=np.uint32)
+    pieces: list[np.ndarray] = []
     lengths = np.zeros(len(texts), dtype=np.int64)
     for i, text in enumerate(texts):
         if not text:
             continue
-        document_ids = encoding.encode_ordinary(text)
-        ids.extend(document_ids)
-        ids.append(EOT_ID)
-        lengths[i] = len(document_ids) + 1
-    return np.array(ids, dtype=TOKEN_DTYPE), lengths
+        document_ids = encode_ordinary_numpy(encoding, text)
+        pieces += [document_ids, eot]
+        lengths[i] = document_ids.size + 1
+    if not pieces:
+        return np.empty(0, dtype=TOKEN_DTYPE), lengths
+    # uint32 -> uint16 is safe: get_tokenizer checked that every id fits.
+    return np.concatenate(pieces, dtype=TOKEN_DTYPE, casting="same_kind"), lengths
+
+
+def encode_ordinary_numpy(encoding: tiktoken.Encoding, text: str) -> np.ndarray:
+    """Return `encoding.encode_ordinary(text)` as a uint32 array, without building a list of ints.
+
+    With no special token allowed or disallowed, `encode_to_numpy` encodes "<|endoftext|>" as
+    ordinary text, like `encode_ordinary`. Text with lone surrogates gets the same repair as
+    in `encode_ordinary`, which `encode_to_numpy` lacks.
+    """
+    try:
+        return encoding.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return encoding.encode_to_numpy(text, disallowed_special=())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -469,7 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers", type=int, default=1,
-        help="tokenizer processes; 1 tokenizes in the main process (default: 1)",
+        help="tokenizer threads (default: 1)",
     )
     parser.add_argument(
         "--val-fraction", type=float, default=0.0005,
@@ -491,6 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    start_importing_mds_writer()  # also while the inputs are checked and the tokenizer loads
     try:
         stats = convert_to_mds(
             inputs=args.inputs or ["builtin:pydoc-topics"],
@@ -516,4 +568,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Skip the interpreter's teardown of the modules that streaming imported (torch, transformers):
+    # it takes about a second, and every output file is closed by now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

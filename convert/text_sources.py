@@ -177,9 +177,10 @@ def iter_documents(sources: list[Source], limit: int | None = None) -> Iterator[
 def count_documents(sources: list[Source], limit: int | None = None, progress: bool = False) -> int:
     """Count the documents that `iter_documents` yields.
 
-    Text, JSONL and archive inputs are read in full, so their decoding and JSON errors
-    surface here, before any tokenizing. Parquet files are counted from their metadata and
-    hub datasets by their length, so for those kinds this pass reads no text.
+    JSONL and archive inputs are read in full, so their decoding and JSON errors surface
+    here, before any tokenizing. The other kinds read no text in this pass: a text file is one
+    document (its UTF-8 errors surface when it is tokenized), parquet files are counted from
+    their metadata and hub datasets by their length.
     """
     total = 0
     with tqdm(desc="counting documents", unit="doc", disable=not progress) as bar:
@@ -187,7 +188,7 @@ def count_documents(sources: list[Source], limit: int | None = None, progress: b
             remaining = None if limit is None else limit - total
             if remaining == 0:
                 break
-            if source.kind in ("parquet", "hf"):
+            if source.kind in ("txt", "parquet", "hf"):
                 count = _count_from_metadata(source)
                 if remaining is not None:
                     count = min(count, remaining)
@@ -202,6 +203,8 @@ def count_documents(sources: list[Source], limit: int | None = None, progress: b
 
 
 def _count_from_metadata(source: Source) -> int:
+    if source.kind == "txt":
+        return 1
     if source.kind == "parquet":
         return pq.ParquetFile(source.location).metadata.num_rows
     return len(_load_hub_dataset(source.location))

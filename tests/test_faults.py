@@ -171,8 +171,13 @@ def convert_error(ctx, source: Path) -> str:
 
 
 def case_text_not_utf8(ctx):
-    source = ctx['tmp'] / 'latin1.txt'
-    source.write_bytes('caf\u00e9'.encode('latin-1'))
+    # Text files are counted without reading them, so the error comes while tokenizing, after
+    # the valid files; the staging folder must not survive it.
+    source = ctx['tmp'] / 'texts'
+    source.mkdir()
+    for name in ('a', 'b', 'c'):
+        (source / f'{name}.txt').write_text(f'Document {name} is valid UTF-8.')
+    (source / 'latin1.txt').write_bytes('caf\u00e9'.encode('latin-1'))
     return convert_error(ctx, source)
 
 
