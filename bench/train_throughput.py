@@ -32,6 +32,7 @@ from gpt2_composer.composer_model import ComposerGPT, tokens_in_batch  # noqa: E
 from gpt2_composer.config import load_config  # noqa: E402
 from gpt2_composer.data import build_dataloader  # noqa: E402
 from gpt2_composer.flops import flops_per_token, measure_matmul_peak  # noqa: E402
+from gpt2_composer.malloc import keep_freed_memory  # noqa: E402
 from gpt2_composer.optim import build_optimizer, build_scheduler  # noqa: E402
 from gpt2_composer.train import build_trainer  # noqa: E402
 
@@ -73,9 +74,11 @@ def time_plain_loop(args: argparse.Namespace) -> float:
     """Return tokens per second of a hand-written loop doing the same work as the Trainer."""
     total = args.warmup + args.steps
     config = recipe(args, total)
+    if config.keep_freed_memory:
+        keep_freed_memory()  # as build_trainer does for the Composer loop
     torch.manual_seed(config.seed)
     model = ComposerGPT(config.model)
-    optimizer = build_optimizer(model, config.optimizer, 'cpu')
+    optimizer = build_optimizer(model, config.optimizer)
     schedule = build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     loader = build_dataloader(config.data, 'train', config.global_train_batch_size, shuffle=True).dataloader

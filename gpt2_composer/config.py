@@ -45,7 +45,7 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1.0e-8
-    fused: Optional[bool] = None  # null: fused kernel on CUDA, the default loop elsewhere
+    fused: Optional[bool] = None  # null: torch's fused AdamW kernel (CUDA and CPU); false: its foreach loop
     # adamw, or muon: Muon for the 2-D weights inside blocks, AdamW with the settings above for the rest.
     name: str = 'adamw'
     muon_lr: float = 0.02  # peak lr of the Muon groups; the schedule scales it like `lr`
@@ -97,6 +97,9 @@ class TrainConfig:
     fsdp: Optional[dict[str, Any]] = None  # passed to Composer as parallelism_config['fsdp']
     compile: bool = False  # torch.compile the model
     compile_backend: str = 'inductor'  # torch.compile backend; 'eager' traces without generating kernels
+    # CPU runs: malloc keeps freed memory for reuse, so the large logits tensors do not page-fault
+    # every step (see gpt2_composer/malloc.py). The process keeps its peak memory.
+    keep_freed_memory: bool = True
 
     eval_interval: str = '1000ba'
     eval_batches: int = 200  # batches per split and eval, as nanoGPT's eval_iters

@@ -29,6 +29,7 @@ from gpt2_composer.data import (build_dataloader, check_shards_match_stats, chec
                                 local_folders, read_stats)
 from gpt2_composer.distributed import check_embedding_tied, check_fsdp_runs_here, correct_gloo_gradient_average
 from gpt2_composer.flops import measure_matmul_peak
+from gpt2_composer.malloc import keep_freed_memory
 from gpt2_composer.optim import ResumedSchedule, WarmupCosineSchedule, build_optimizer, build_scheduler
 from gpt2_composer.stale_state import claim_local_dirs
 
@@ -176,9 +177,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
         dist.initialize_dist(device)  # early, for the barrier in prepare_data; the Trainer reuses it
     prepare_data(config)
     flops_available = resolve_flops_available(config, device)
+    if device == 'cpu' and config.keep_freed_memory:
+        keep_freed_memory()
 
     model = ComposerGPT(config.model)
-    optimizer = build_optimizer(model, config.optimizer, device)
+    optimizer = build_optimizer(model, config.optimizer)
     schedule = build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration)
     try:
         trainer = Trainer(

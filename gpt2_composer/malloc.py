@@ -1,0 +1,45 @@
+"""Keep freed memory in the process on CPU runs, so large tensors do not page-fault on every step.
+
+glibc's malloc serves every allocation above 32 MiB (its largest mmap threshold) with a fresh mmap
+and returns it to the kernel when it is freed. A CPU training step allocates several such tensors
+and frees them again: at batch 8 x 256 with GPT-2's 50,257-word vocabulary, the logits, their
+log-softmax and the two gradients of the loss are 412 MB each, so every step the kernel maps and
+zeroes those pages anew. On the CPU recipe (2 cores, 20 steps) a quarter of the CPU time was
+system time, and `keep_freed_memory` cut a step from 2,039 to 1,458 ms (MFU 53% to 71%).
+
+The cost: memory the process frees stays in it, so its resident size stays at its peak, and the
+peak rises because freed blocks are reused less tightly: 2.7 to 4.5 GB in that run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters from glibc's <malloc.h>.
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed memory instead of returning it to the kernel.
+
+    Allocations then come from the heap (no mmap), and the heap is never trimmed. Applies to the
+    whole process from now on. Returns False, changing nothing, where the C library is not glibc.
+    """
+    name = ctypes.util.find_library('c')
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):  # no C library found, or one without mallopt (macOS)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(M_MMAP_MAX, 0) == 1
+    ok = mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok  # the largest value an int holds: never trim
+    if not ok:
+        log.warning('keep_freed_memory: mallopt failed (a C library other than glibc?), so malloc keeps its '
+                    'defaults. Set keep_freed_memory=false to skip the attempt.')
+    return ok
