@@ -154,6 +154,10 @@ def _check_keys(values: dict, schema: type, prefix: str = '') -> None:
             valid = ', '.join(sorted(fields))
             raise ConfigError(f"Unknown config key '{full_key}'.{hint} Valid keys here: {valid}.")
         field_type = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(field_type) and not isinstance(value, dict) and value is not None:
+            inner = ', '.join(f.name for f in dataclasses.fields(field_type))
+            raise ConfigError(f"Invalid {full_key}={value!r}: '{full_key}' is a section, so set its keys one by one, "
+                              f"e.g. {full_key}.{dataclasses.fields(field_type)[0].name}=... Its keys: {inner}.")
         if key in _FREEFORM_FIELDS or not isinstance(value, dict):
             continue
         if dataclasses.is_dataclass(field_type):

@@ -198,6 +198,12 @@ def test_unknown_hyperparameter_names_closest():
         build_algorithms({'seq_length_warmup': {'min_len': 64}})
 
 
+def test_text_for_number_hyperparameter_rejected():
+    with pytest.raises(ConfigError, match=r"Invalid algorithms.rotary.base='abc': expected a number \(default 10000.0\)"):
+        build_algorithms({'rotary': {'base': 'abc'}})
+    assert len(build_algorithms({'logit_softcap': {'cap': 30}})) == 1  # an int where the default is a float is fine
+
+
 def test_invalid_hyperparameter_value_is_config_error():
     with pytest.raises(ConfigError, match='algorithms.seq_length_warmup'):
         build_algorithms({'seq_length_warmup': {'duration': 1.5}})

@@ -105,6 +105,14 @@ def test_key_at_wrong_level_suggests_section(override, suggested):
         load_config(str(YAMLS / 'gpt2-cpu.yaml'), [override])
 
 
+@pytest.mark.parametrize('override, first_key', [('model=small', 'model.block_size'), ('optimizer=adam', 'optimizer.lr')])
+def test_section_set_to_scalar_lists_its_keys(override, first_key):
+    section, value = override.split('=')
+    with pytest.raises(ConfigError, match=f"Invalid {section}='{value}': '{section}' is a section") as error:
+        load_config(str(YAMLS / 'gpt2-cpu.yaml'), [override])
+    assert f'e.g. {first_key}=...' in str(error.value)
+
+
 def test_model_shape_check_is_config_error():
     with pytest.raises(ConfigError, match='model.n_embd=256 is not divisible by model.n_head=5'):
         load_config(str(YAMLS / 'gpt2-cpu.yaml'), ['model.n_head=5'])

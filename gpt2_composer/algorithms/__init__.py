@@ -98,6 +98,16 @@ def hyperparameters_of(name: str) -> tuple[str, ...]:
     return tuple(p for p in signature.parameters if p != 'self')
 
 
+def _check_number(name: str, key: str, value: Any) -> None:
+    """Raise ConfigError if `value` is not a number where the hyperparameter's default is one."""
+    if name in _COMPOSER_HPARAMS:
+        return  # Composer's classes check their own arguments
+    default = inspect.signature(ALGORITHMS[name].__init__).parameters[key].default
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and not is_number:
+        raise ConfigError(f"Invalid algorithms.{name}.{key}={value!r}: expected a number (default {default}).")
+
+
 def _closest(word: str, choices: list[str], prefix: str) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" Did you mean '{prefix}{close[0]}'?" if close else ''
@@ -120,6 +130,7 @@ def check_algorithms_spec(spec: dict[str, Any]) -> None:
                 listed = ', '.join(valid) if valid else 'none'
                 raise ConfigError(f"Unknown hyperparameter 'algorithms.{name}.{key}'.{_closest(str(key), valid, f'algorithms.{name}.')} "
                                   f'Valid hyperparameters of {name}: {listed}.')
+            _check_number(name, key, hparams[key])
     for first, second in _CONFLICTS:
         if first in spec and second in spec:
             raise ConfigError(f"algorithms.{first} and algorithms.{second} cannot be enabled together: both encode "
