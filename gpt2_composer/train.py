@@ -73,13 +73,30 @@ def device_batch_sizes(config: TrainConfig) -> tuple[int, int | str]:
     return device_batch, micro
 
 
+def eval_batches_available(requested: int, dataloader, split: str) -> int:
+    """Return `requested`, or the dataloader's batch count if it has fewer, saying so once.
+
+    Composer warns on every eval when the subset is larger than the dataloader.
+    """
+    try:
+        available = len(dataloader)
+    except TypeError:  # no length known
+        return requested
+    if 0 < available < requested:
+        log.info(f'eval_batches={requested}, but the {split} split has {available} batches per rank; each eval reads '
+                 f'all {available}.')
+        return available
+    return requested
+
+
 def build_evaluators(config: TrainConfig) -> list[Evaluator]:
+    val_data = build_dataloader(config.data, 'val', config.device_eval_batch_size, shuffle=False,
+                                vocab_size=config.model.vocab_size)
     val = Evaluator(
         label='val',
-        dataloader=build_dataloader(config.data, 'val', config.device_eval_batch_size, shuffle=False,
-                                    vocab_size=config.model.vocab_size),
+        dataloader=val_data,
         metric_names=['LanguageCrossEntropy', 'LanguagePerplexity'],
-        subset_num_batches=config.eval_batches,
+        subset_num_batches=eval_batches_available(config.eval_batches, val_data.dataloader, 'val'),
     )
     evaluators = [val]
     if config.eval_train_split:

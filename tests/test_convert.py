@@ -624,3 +624,20 @@ def test_cli_script_with_workers(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout
     assert json.loads((out_root / "stats.json").read_text())["seq_len"] == 16
+
+
+def test_warns_when_val_takes_large_share(tmp_path, caplog):
+    # Two documents: ceil(0.0005 * 2) = 1 goes to val, whichever it is, about half the tokens.
+    source = write_jsonl(tmp_path / "two.jsonl", make_texts(2))
+    with caplog.at_level("WARNING", logger="convert.owt_to_mds"):
+        stats = convert(tmp_path, [source], seq_len=8)
+    share = stats["splits"]["val"]["tokens"] / (stats["splits"]["val"]["tokens"] + stats["splits"]["train"]["tokens"])
+    assert share > 0.1
+    assert f"val split holds {100 * share:.0f}% of the tokens (1 of 2 documents, val_fraction 0.0005)" in caplog.text
+
+
+def test_no_val_share_warning_for_many_documents(tmp_path, caplog):
+    source = write_jsonl(tmp_path / "many.jsonl", make_texts(100))
+    with caplog.at_level("WARNING", logger="convert.owt_to_mds"):
+        convert(tmp_path, [source], seq_len=8)
+    assert "val split holds" not in caplog.text

@@ -161,3 +161,13 @@ def test_metrics_file_of_earlier_run_moved(tmp_path):
     assert path.read_text().splitlines() == ['{"step": 0, "loss/train/total": 9.0}',
                                              '{"step": 1, "loss/train/total": 8.0}']
     assert not (tmp_path / 'metrics.jsonl.2').exists()
+
+
+def test_eval_batches_capped_at_split_size(caplog):
+    from gpt2_composer.train import eval_batches_available
+
+    with caplog.at_level('INFO', logger='gpt2_composer'):
+        assert eval_batches_available(8, [0, 1], 'val') == 2
+    assert 'eval_batches=8, but the val split has 2 batches per rank; each eval reads all 2.' in caplog.text
+    assert eval_batches_available(8, range(20), 'val') == 8
+    assert eval_batches_available(8, iter(range(3)), 'val') == 8  # no length: left to Composer
