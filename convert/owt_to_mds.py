@@ -355,9 +355,9 @@ def write_splits(
     n_documents = is_val.size
     n_read = 0
     # The first chunks are tokenized while streaming is still being imported; their tokens wait
-    # in `held` until the writers exist.
+    # in `waiting_chunks` until the writers exist.
     mds_writer = start_importing_mds_writer()
-    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    waiting_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     splits: dict[str, SplitWriter] | None = None
     with ExitStack() as stack:
         bar = stack.enter_context(
@@ -371,13 +371,13 @@ def write_splits(
             n_read += lengths.size
             if n_read > n_documents:
                 break
-            held.append((tokens, lengths, chunk_is_val))
+            waiting_chunks.append((tokens, lengths, chunk_is_val))
             if splits is None and mds_writer.done():
                 splits = open_split_writers(stack, mds_writer, staging, seq_len)
             if splits is not None:
-                for held_chunk in held:
-                    route_chunk(splits, *held_chunk)
-                held.clear()
+                for waiting_chunk in waiting_chunks:
+                    route_chunk(splits, *waiting_chunk)
+                waiting_chunks.clear()
 
             total_tokens += tokens.size
             rate = total_tokens / max(time.perf_counter() - start_time, 1e-9)
@@ -386,8 +386,8 @@ def write_splits(
 
         if splits is None:
             splits = open_split_writers(stack, mds_writer, staging, seq_len)
-        for held_chunk in held:
-            route_chunk(splits, *held_chunk)
+        for waiting_chunk in waiting_chunks:
+            route_chunk(splits, *waiting_chunk)
 
     if n_read != n_documents:
         raise ConversionError(
