@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import random
 import tempfile
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -29,6 +32,8 @@ from torch.utils.data import DataLoader
 from gpt2_composer.algorithms.seq_length_warmup import seq_len_limit_transform
 from gpt2_composer.composer_model import tokens_in_batch
 from gpt2_composer.config import ConfigError, DataConfig
+
+log = logging.getLogger(__name__)
 
 TOKENS_COLUMN = 'tokens'
 
@@ -181,6 +186,25 @@ class TokenDataset(StreamingDataset):
         return torch.from_numpy(tokens.astype(np.int64))
 
 
+def open_dataset(attempts: int = 5, **kwargs: Any) -> TokenDataset:
+    """Build a TokenDataset, retrying when another run claimed the same shared memory at the same time.
+
+    streaming finds the first free prefix for its shared memory and then creates it, so two runs
+    that start at the same instant can pick the same prefix, and the later one gets FileExistsError.
+    After a short random wait, a new attempt finds the next free prefix.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return TokenDataset(**kwargs)
+        except FileExistsError as error:
+            if attempt == attempts:
+                raise
+            log.info(f'Shared memory of {kwargs.get("local")} was claimed by another process at the same time '
+                     f'({error}); retrying ({attempt} of {attempts - 1}).')
+            time.sleep(random.uniform(0.1, 0.5))
+    raise AssertionError('unreachable')
+
+
 def collate_tokens(samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {'input_ids': torch.stack(samples)}
 
@@ -217,13 +241,8 @@ def build_dataloader(data: DataConfig, split: str, batch_size: int, shuffle: boo
     remote, local = split_paths(data, split, local_suffix)
     if remote is None:
         read_index(data.root.rstrip('/'), split)
-    dataset = TokenDataset(
-        remote=remote,
-        local=local,
-        shuffle=shuffle,
-        shuffle_seed=data.shuffle_seed,
-        batch_size=batch_size,
-    )
+    dataset = open_dataset(remote=remote, local=local, shuffle=shuffle, shuffle_seed=data.shuffle_seed,
+                           batch_size=batch_size)
     dataset.vocab_size = vocab_size
     workers = data.num_workers
     loader = DataLoader(

@@ -241,6 +241,14 @@ def build_trainer(config: TrainConfig) -> Trainer:
     return trainer
 
 
+def loaded_checkpoint(config: TrainConfig) -> str:
+    """Return the checkpoint the Trainer loaded: autoresume's latest in save_folder, else load_path."""
+    latest = os.path.join(config.save_folder, 'latest-rank0.pt') if config.save_folder else None
+    if config.autoresume and latest and os.path.lexists(latest):
+        return os.path.realpath(latest)
+    return str(config.load_path)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse `RECIPE.yaml [key=value ...]`, build the trainer and train."""
     argv = sys.argv[1:] if argv is None else argv
@@ -255,6 +263,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    resumed_step = trainer.state.timestamp.batch.value
+    if resumed_step:
+        log.info(f'Resumed at step {resumed_step} from {loaded_checkpoint(config)}')
     trainer.fit()
     check_embedding_tied(trainer.state.model)  # optimizer steps must update one shared matrix
     trainer.close()

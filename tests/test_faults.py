@@ -23,8 +23,8 @@ import pytest
 from convert.owt_to_mds import convert_to_mds
 from convert.text_sources import ConversionError
 from gpt2_composer import train
-from gpt2_composer.config import load_config
-from gpt2_composer.data import TokenDataset
+from gpt2_composer.config import DataConfig, load_config
+from gpt2_composer.data import TokenDataset, build_dataloader
 from gpt2_composer.stale_state import claim_local_dirs, find_stale_prefixes
 from test_train import REPO, run_training, tiny_run_overrides
 
@@ -352,6 +352,7 @@ def killed_and_resumed(small_dataset, tmp_path_factory):
         stale_after_kill.append(find_stale_prefixes([str(small_dataset / 'train'), str(small_dataset / 'val')]))
     relaunch = launch(overrides, out)
     assert relaunch.wait(timeout=600) == 0, relaunch.stderr.read()[-3000:]
+    (out / 'relaunch.log').write_text(relaunch.stderr.read())
     return reference, out, resumed_from, stale_after_kill
 
 
@@ -360,6 +361,12 @@ def test_resume_from_last_checkpoint(killed_and_resumed):
     assert resumed_from == [4, 12]  # mid-epoch 1 (sample 32 of 74) and mid-epoch 2 (sample 16)
     runs = sorted(glob.glob(str(out / 'wandb' / 'wandb' / 'offline-run-*')))
     assert len(runs) == 3
+
+
+def test_resume_names_loaded_checkpoint(killed_and_resumed):
+    _, out, resumed_from, _ = killed_and_resumed
+    [checkpoint] = (out / 'checkpoints').glob(f'ep*-ba{resumed_from[-1]}-rank0.pt')
+    assert f'Resumed at step {resumed_from[-1]} from {os.path.realpath(checkpoint)}' in (out / 'relaunch.log').read_text()
 
 
 def test_resume_losses_match_uninterrupted(killed_and_resumed):
@@ -425,6 +432,35 @@ def test_stale_shared_memory_blocks_remote_until_claimed(dataset, tmp_path):
     assert f'{prefix:06}_locals' in removed
     assert find_stale_prefixes([cache]) == []
     assert len(TokenDataset(remote=str(dataset / 'val'), local=cache, batch_size=4)) == 38
+
+
+def test_dataset_retries_prefix_claimed_at_same_time(dataset, tmp_path, monkeypatch, caplog):
+    """Another run registers the prefix this one just found free: the retry takes the next prefix."""
+    import streaming.base.shared.prefix as prefix_module
+    from streaming.base.shared import SharedMemory
+    from streaming.base.shared.prefix import _get_path, _pack_locals
+
+    find = prefix_module._check_and_find_retrying
+    rival = []
+
+    def find_then_lose_race(*args, **kwargs):
+        prefix = find(*args, **kwargs)
+        if not rival:  # the other run creates its segment between our check and our create
+            data = _pack_locals([str(tmp_path / 'other-run')], prefix)
+            rival.append(SharedMemory(_get_path(prefix, 'locals'), create=True, size=len(data), auto_cleanup=False))
+            rival[0].buf[:len(data)] = data
+        return prefix
+
+    monkeypatch.setattr(prefix_module, '_check_and_find_retrying', find_then_lose_race)
+    try:
+        with caplog.at_level('INFO', logger='gpt2_composer.data'):
+            loader = build_dataloader(DataConfig(root=str(dataset), num_workers=0), 'val', 4, shuffle=False)
+        assert len(loader.dataloader.dataset) == 38
+        assert 'was claimed by another process at the same time' in caplog.text
+        assert 'retrying (1 of 4)' in caplog.text
+    finally:
+        rival[0].shm.close()
+        rival[0].shm.unlink()
 
 
 def test_resume_keeps_checkpoint_schedule(dataset, tmp_path, caplog):
