@@ -138,6 +138,16 @@ def train(overrides: list[str], run_dir: Path) -> float:
     return time.perf_counter() - start
 
 
+def finished_before(run_dir: Path, overrides: list[str], budget: int) -> bool:
+    """Return True if `run_dir` holds a run of the same overrides whose last eval is at the budget."""
+    command_file, metrics_file = run_dir / 'command.txt', run_dir / 'metrics.jsonl'
+    if not command_file.is_file() or not metrics_file.is_file():
+        return False
+    same_command = shlex.split(command_file.read_text())[4:] == overrides  # after python -m module recipe
+    curve = read_curve(metrics_file)
+    return same_command and bool(curve.tokens) and curve.tokens[-1] >= budget
+
+
 def read_curve(metrics_file: Path) -> Curve:
     """Pair every val-loss record with the token count and training time at the same step."""
     tokens: dict[int, float] = {}
@@ -186,7 +196,11 @@ def summarize(curves: dict[str, list[Curve]]) -> tuple[float, list[dict]]:
             'seconds': 'not reached',
             'speedup': '-',
         }
-        if all(c is not None for c in crossings):  # a config counts as reaching the target only if every seed does
+        if name == 'baseline':  # the target is its own mean final loss, reached at the budget by definition
+            row['tokens'] = spread([run.tokens[-1] for run in runs], ',.0f')
+            row['seconds'] = row['train_seconds']
+            row['speedup'] = '1.00x'
+        elif all(c is not None for c in crossings):  # a config counts as reaching the target only if every seed does
             seconds = [c[1] for c in crossings]
             row['tokens'] = spread([c[0] for c in crossings], ',.0f')
             row['seconds'] = spread(seconds, ',.1f')
@@ -244,6 +258,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         'combined')
     parser.add_argument('--combined', default=DEFAULT_COMBINED,
                         help='comma-separated configs whose overrides make up the combined config')
+    parser.add_argument('--extra-combined', action='append', default=[], metavar='NAME=CONFIG,CONFIG,...',
+                        help='another combination to run under its own name, with the first seed; repeatable')
     parser.add_argument('--budget-tokens', type=int, default=1_048_576,
                         help='training tokens per run (max_duration); the CPU recipe trains 2,048 per step')
     parser.add_argument('--seeds', type=int, nargs='+', default=[1337, 1338],
@@ -260,6 +276,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--eval-batches', type=int, default=16, help='val batches of 8 samples per eval')
     parser.add_argument('--warmup-fraction', type=float, default=0.1, help='lr warmup as a fraction of the budget')
     parser.add_argument('--log-interval', type=int, default=50)
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep a run whose metrics.jsonl already reaches the budget with the same command, '
+                        'instead of training it again (to finish an interrupted benchmark, or rerun one run)')
     parser.add_argument('--out', type=Path, default=REPO / 'docs' / 'speedups.md',
                         help='page that receives the results table, between its results markers')
     return parser.parse_args(argv)
@@ -278,6 +297,11 @@ def config_plan(args: argparse.Namespace) -> dict[str, tuple[list[str], list[int
             raise SystemExit(f'error: unknown config {name!r}; known: {", ".join(CONFIGS)}, combined')
         several = name in ('baseline', 'combined') or args.all_seeds
         plan[name] = (overrides, args.seeds if several else args.seeds[:1])
+    for item in args.extra_combined:
+        name, _, members = item.partition('=')
+        if not name or not members or name in plan:
+            raise SystemExit(f'error: invalid --extra-combined {item!r}; write NAME=CONFIG,CONFIG,... with a new NAME')
+        plan[name] = (combined_overrides(members.split(',')), args.seeds if args.all_seeds else args.seeds[:1])
     return plan
 
 
@@ -291,13 +315,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, (overrides, seeds) in config_plan(args).items():
         for seed in seeds:
             run_dir = args.data_root / 'runs' / f'{name}-s{seed}'
-            seconds = train([*run_overrides(args, data, run_dir, seed), *overrides], run_dir)
+            overrides_of_run = [*run_overrides(args, data, run_dir, seed), *overrides]
+            if args.reuse and finished_before(run_dir, overrides_of_run, args.budget_tokens):
+                wall = f'reused from {run_dir}'
+            else:
+                wall = f'{train(overrides_of_run, run_dir):.0f} s with start-up and evals'
             curve = read_curve(run_dir / 'metrics.jsonl')
             if not curve.losses:
                 raise SystemExit(f'error: {run_dir}/metrics.jsonl has no val loss; see {run_dir}/train.log')
             curves.setdefault(name, []).append(curve)
             print(f'{name} seed {seed}: final val loss {curve.losses[-1]:.4f} after {curve.tokens[-1]:,.0f} '
-                  f'tokens, {curve.seconds[-1]:.0f} s training ({seconds:.0f} s with start-up and evals)', flush=True)
+                  f'tokens, {curve.seconds[-1]:.0f} s training ({wall})', flush=True)
     target, rows = summarize(curves)
     write_table(args.out, command, target, rows, args)
     return 0
