@@ -43,7 +43,7 @@ def loader_rate(config, seconds: float) -> float:
 def training_rate(config, steps: int = 4) -> float:
     """Return tokens per second that training the recipe's model consumes, from a few optimizer steps."""
     model = ComposerGPT(config.model)
-    optimizer = build_optimizer(model, config.optimizer)
+    optimizer = build_optimizer(model, config.optimizer, 'cpu')
     tokens = torch.randint(0, config.model.vocab_size, (config.global_train_batch_size, config.model.block_size + 1))
     batch = {'input_ids': tokens}
     for step in range(steps + 1):

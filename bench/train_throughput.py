@@ -78,7 +78,7 @@ def time_plain_loop(args: argparse.Namespace) -> float:
         keep_freed_memory()  # as build_trainer does for the Composer loop
     torch.manual_seed(config.seed)
     model = ComposerGPT(config.model)
-    optimizer = build_optimizer(model, config.optimizer)
+    optimizer = build_optimizer(model, config.optimizer, 'cpu')
     schedule = build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     loader = build_dataloader(config.data, 'train', config.global_train_batch_size, shuffle=True).dataloader

@@ -45,7 +45,7 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1.0e-8
-    fused: Optional[bool] = None  # null: torch's fused AdamW kernel (CUDA and CPU); false: its foreach loop
+    fused: Optional[bool] = None  # null: fused kernel on CUDA, the foreach loop on CPUs (faster steps there)
     # adamw, or muon: Muon for the 2-D weights inside blocks, AdamW with the settings above for the rest.
     name: str = 'adamw'
     muon_lr: float = 0.02  # peak lr of the Muon groups; the schedule scales it like `lr`

@@ -198,7 +198,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         keep_freed_memory()
 
     model = ComposerGPT(config.model)
-    optimizer = build_optimizer(model, config.optimizer)
+    optimizer = build_optimizer(model, config.optimizer, device)
     schedule = build_scheduler(config.scheduler, config.optimizer.lr, config.max_duration)
     try:
         trainer = Trainer(

@@ -44,7 +44,7 @@ def tiny_gpt(seed: int = 0, **overrides) -> GPT:
 
 
 def adamw_for(model: torch.nn.Module) -> torch.optim.AdamW:
-    return build_optimizer(model, OptimizerConfig(lr=3e-3))
+    return build_optimizer(model, OptimizerConfig(lr=3e-3), 'cpu')
 
 
 def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> int:
