@@ -139,7 +139,7 @@ def train(overrides: list[str], run_dir: Path) -> float:
 
 
 def finished_before(run_dir: Path, overrides: list[str], budget: int) -> bool:
-    """Return True if `run_dir` holds a run of the same overrides whose last eval is at the budget."""
+    """Return True if `run_dir` contains a run of the same overrides whose last eval is at the budget."""
     command_file, metrics_file = run_dir / 'command.txt', run_dir / 'metrics.jsonl'
     if not command_file.is_file() or not metrics_file.is_file():
         return False

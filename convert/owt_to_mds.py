@@ -153,7 +153,7 @@ def convert_to_mds(
     # Whole documents go to val, so with few documents one long one can take most of the text.
     if val_share > max(0.1, 2 * val_fraction):
         logger.warning(
-            "val split holds %.0f%% of the tokens (%d of %d documents, val_fraction %g), so training sees "
+            "val split contains %.0f%% of the tokens (%d of %d documents, val_fraction %g), so training sees "
             "only %.0f%%. Add documents, for example by splitting long texts into several files.",
             100 * val_share, split_stats["val"]["documents"], n_documents, val_fraction, 100 * (1 - val_share),
         )

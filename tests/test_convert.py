@@ -633,11 +633,11 @@ def test_warns_when_val_takes_large_share(tmp_path, caplog):
         stats = convert(tmp_path, [source], seq_len=8)
     share = stats["splits"]["val"]["tokens"] / (stats["splits"]["val"]["tokens"] + stats["splits"]["train"]["tokens"])
     assert share > 0.1
-    assert f"val split holds {100 * share:.0f}% of the tokens (1 of 2 documents, val_fraction 0.0005)" in caplog.text
+    assert f"val split contains {100 * share:.0f}% of the tokens (1 of 2 documents, val_fraction 0.0005)" in caplog.text
 
 
 def test_no_val_share_warning_for_many_documents(tmp_path, caplog):
     source = write_jsonl(tmp_path / "many.jsonl", make_texts(100))
     with caplog.at_level("WARNING", logger="convert.owt_to_mds"):
         convert(tmp_path, [source], seq_len=8)
-    assert "val split holds" not in caplog.text
+    assert "val split contains" not in caplog.text

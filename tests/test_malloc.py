@@ -28,9 +28,9 @@ def resident_mib_after_free(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc; mallopt is glibc-only')
 def test_freed_tensor_stays_resident_only_when_kept():
-    default = resident_mib_after_free('default')
-    kept = resident_mib_after_free('keep')
-    assert kept - default > 350, (default, kept)  # the 381 MiB tensor is still mapped after del
+    default_mib = resident_mib_after_free('default')
+    keep_mib = resident_mib_after_free('keep')
+    assert keep_mib - default_mib > 350, (default_mib, keep_mib)  # the 381 MiB tensor is still mapped after del
 
 
 def test_keep_freed_memory_on_glibc():
