@@ -1,8 +1,10 @@
-"""Training throughput: Composer's Trainer against a plain PyTorch loop, side by side in one process.
+"""Training throughput: Composer's Trainer against a plain PyTorch loop, side by side in one invocation.
 
 Both loops train the same GPT (same init, same seed), on the same streaming dataloader, with the same
 AdamW groups, learning-rate schedule, gradient clipping at 1.0 and micro-batching, and the timings
-skip the first `--warmup` steps. The Composer run uses the full recipe path (`build_trainer`), with
+skip the first `--warmup` steps. Each run is a fresh Python process started by this script, so
+neither loop inherits the other's heap, threads or dataloader workers, and the order alternates
+between repeats. The Composer run uses the full recipe path (`build_trainer`), with
 its monitors and console line. Evaluation, checkpoints and wandb are off in both, because the plain
 loop has none.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,6 +107,16 @@ def time_plain_loop(args: argparse.Namespace) -> float:
     return tokens / (times[-1] - times[args.warmup - 1])
 
 
+LOOPS = {'composer': time_composer, 'plain': time_plain_loop}
+
+
+def time_in_child(name: str, argv: list[str]) -> float:
+    """Run one loop in a fresh interpreter (`--only NAME`) and return its tokens per second."""
+    command = [sys.executable, __file__, *argv, '--only', name]
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
 def step_flops(args: argparse.Namespace) -> float:
     config = recipe(args, 1)
     model = ComposerGPT(config.model)
@@ -119,16 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--warmup', type=int, default=5, help='untimed steps before the timed ones')
     parser.add_argument('--repeats', type=int, default=3, help='runs of each loop, alternating the order')
     parser.add_argument('--json', help='also write the results to this file')
+    parser.add_argument('--only', choices=LOOPS,
+                        help='time one loop in this process and print its tokens/s (how each run is started)')
     parser.add_argument('overrides', nargs='*', help='recipe overrides, key=value')
     args = parser.parse_args(argv)
+    if args.only:
+        print(LOOPS[args.only](args))
+        return 0
 
+    child_argv = ['--recipe', args.recipe, '--data-root', args.data_root, '--steps', str(args.steps),
+                  '--warmup', str(args.warmup), *args.overrides]
     composer_rates, plain_rates = [], []
     for repeat in range(args.repeats):
-        order = [('composer', time_composer), ('plain', time_plain_loop)]
+        order = ['composer', 'plain']
         if repeat % 2:
             order.reverse()  # alternate which loop runs first, so drift in machine speed cancels
-        for name, timer in order:
-            rate = timer(args)
+        for name in order:
+            rate = time_in_child(name, child_argv)
             (composer_rates if name == 'composer' else plain_rates).append(rate)
             print(f'repeat {repeat}: {name:8s} {rate:9.1f} tokens/s', flush=True)
 
