@@ -125,6 +125,25 @@ def test_tokenize_chunk_literal_endoftext(encoding):
     assert int(np.count_nonzero(tokens == EOT_ID)) == 2
 
 
+@pytest.mark.parametrize("texts", [
+    # Texts that would merge across a boundary if they were joined as plain text.
+    ["ends with spaces   ", "", "\n\nstarts with newlines", "x", "y\n", " z"],
+    # Partial markers at the edges of a text stay ordinary text.
+    ["ends with <|endoftext", "|> starts the next", "<|", "endoftext|>"],
+    # A lone surrogate: tiktoken's encode_ordinary repairs it, and so must the chunk.
+    ["before \ud800 after", "plain"],
+])
+def test_chunk_matches_encode_ordinary(encoding, texts):
+    tokens, lengths = tokenize_chunk(texts)
+    expected, expected_lengths = [], []
+    for text in texts:
+        ids = encoding.encode_ordinary(text) + [EOT_ID] if text else []
+        expected += ids
+        expected_lengths.append(len(ids))
+    assert tokens.tolist() == expected
+    assert lengths.tolist() == expected_lengths
+
+
 def test_round_trip_jsonl_tokens(tmp_path, encoding):
     texts = make_texts(40)
     texts[5] = ""
