@@ -56,7 +56,7 @@ CONFIGS: dict[str, list[str]] = {
     'ema': ['algorithms.ema.half_life=50ba'],
     'muon': ['optimizer.name=muon', 'optimizer.muon_lr=0.02', 'optimizer.muon_momentum=0.95'],
 }
-DEFAULT_COMBINED = 'rotary,qk_norm,relu_squared,zero_init_projections,logit_softcap,muon'
+DEFAULT_COMBINED = 'rotary,qk_norm,relu_squared,zero_init_projections,muon'
 
 
 @dataclass
