@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gpt2_composer.composer_model import ComposerGPT
-from gpt2_composer.flops import flops_per_token
+from gpt2_composer.flops import flops_per_token, measure_matmul_peak
 from gpt2_composer.hf_weights import hf_to_ours, ours_to_hf
 from gpt2_composer.model import GPT, GPTConfig
 
@@ -126,3 +126,13 @@ def test_sequence_longer_than_block_rejected():
     model = GPT(GPTConfig(**SMALL))
     with pytest.raises(ValueError, match='block_size=32'):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_matmul_peak_keeps_global_rng():
+    # `gpu_flops_available: auto` times matmuls between seeding and the model's init.
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    peak = measure_matmul_peak(size=64, seconds=0.01)
+    assert peak > 0
+    assert torch.equal(torch.rand(4), expected)
