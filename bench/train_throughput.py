@@ -2,11 +2,10 @@
 
 Both loops train the same GPT (same init, same seed), on the same streaming dataloader, with the same
 AdamW groups, learning-rate schedule, gradient clipping at 1.0 and micro-batching, and the timings
-skip the first `--warmup` steps. Each run is a fresh Python process started by this script, so
-neither loop inherits the other's heap, threads or dataloader workers, and the order alternates
-between repeats. The Composer run uses the full recipe path (`build_trainer`), with
-its monitors and console line. Evaluation, checkpoints and wandb are off in both, because the plain
-loop has none.
+skip the first `--warmup` steps. The script starts each run as a fresh Python process, so neither
+loop inherits the other's heap, threads or dataloader workers. The order alternates between repeats.
+The Composer run uses the full recipe path (`build_trainer`), with its monitors and console line.
+Evaluation, checkpoints and wandb are off in both, because the plain loop has none.
 
     python bench/train_throughput.py --data-root data/pydoc --steps 30 --repeats 3
 
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--repeats', type=int, default=3, help='runs of each loop, alternating the order')
     parser.add_argument('--json', help='also write the results to this file')
     parser.add_argument('--only', choices=LOOPS,
-                        help='time one loop in this process and print its tokens/s (how each run is started)')
+                        help='time one loop in this process and print its tokens/s; the script starts each run this way')
     parser.add_argument('overrides', nargs='*', help='recipe overrides, key=value')
     args = parser.parse_args(argv)
     if args.only:

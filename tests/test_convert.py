@@ -126,7 +126,7 @@ def test_tokenize_chunk_literal_endoftext(encoding):
 
 
 @pytest.mark.parametrize("texts", [
-    # Texts that would merge across a boundary if they were joined as plain text.
+    # Whitespace at the edges of texts, and an empty text between them.
     ["ends with spaces   ", "", "\n\nstarts with newlines", "x", "y\n", " z"],
     # Partial markers at the edges of a text stay ordinary text.
     ["ends with <|endoftext", "|> starts the next", "<|", "endoftext|>"],

@@ -35,8 +35,8 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> to
     The input is scaled to spectral norm <= 1 (by its Frobenius norm), then each step maps
     X -> a X + b (X X^T) X + c (X X^T)^2 X, which pushes every singular value towards 1. A tall
     matrix is transposed so that X X^T is the smaller Gram matrix. The iteration runs in bf16, as
-    Muon's authors do on GPUs. On this project's 2-core CPU bf16 is also faster: the 16 matrices of
-    the CPU recipe take about 50 ms per step in bf16 against 80 to 200 ms in float32.
+    Muon's authors do on GPUs. bf16 is also faster on the 2-core CPU of docs/speedups.md: the 16
+    matrices of the CPU recipe took about 50 ms per step in bf16 against 80 to 200 ms in float32.
 
     Costs: per step three matmuls with a min(m, n)-square Gram matrix: about 6 * m * n * min(m, n)
     FLOPs per step.
