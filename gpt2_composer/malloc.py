@@ -8,7 +8,10 @@ zeroes those pages anew. On the CPU recipe (2 cores, 20 steps) a quarter of the 
 system time, and `keep_freed_memory` cut a step from 2,039 to 1,458 ms (MFU 53% to 71%).
 
 The cost: memory the process frees stays in it, so its resident size stays at its peak, and the
-peak rises because freed blocks are reused less tightly: 2.7 to 4.5 GB in that run.
+peak rises because freed blocks are reused less tightly: 2.7 to 4.5 GB in that run. The heap also
+kept growing slowly as it fragmented, and each growth faulted in fresh pages again. The chunked
+loss in `loss.py` leaves two 412 MB buffers per step instead of four, and with it the heap of
+the same recipe stays near 2.1 GB (docs/benchmarks.md, section 1).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     ok = mallopt(M_MMAP_MAX, 0) == 1
-    ok = mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok  # the largest value an int holds: never trim
+    # glibc stores the threshold as a size_t, so -1 becomes the largest size: never trim. The largest
+    # int, 2**31 - 1, was not enough: once 2 GiB at the top of the heap were free, malloc gave them
+    # back, and later steps faulted them in again. One 44-step run of the CPU recipe gave back 1.2 GB
+    # twice. The steps that grew the heap again took 0.1 to 2.7 s of system time each.
+    ok = mallopt(M_TRIM_THRESHOLD, -1) == 1 and ok
     if not ok:
         log.warning('keep_freed_memory: mallopt failed (a C library other than glibc?), so malloc keeps its '
                     'defaults. Set keep_freed_memory=false to skip the attempt.')
