@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from gpt2_composer.flops import flops_per_token
+from gpt2_composer.loss import cross_entropy
 from gpt2_composer.model import GPT, GPTConfig
 
 
@@ -52,7 +52,7 @@ class ComposerGPT(ComposerModel):
 
     def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor], *args, **kwargs) -> torch.Tensor:
         _, targets = split_inputs_targets(batch)
-        return F.cross_entropy(outputs.reshape(-1, outputs.size(-1)), targets.reshape(-1))
+        return cross_entropy(outputs.reshape(-1, outputs.size(-1)), targets.reshape(-1))
 
     def eval_forward(self, batch: Mapping[str, torch.Tensor], outputs: Optional[Any] = None) -> torch.Tensor:
         return outputs if outputs is not None else self.forward(batch)
