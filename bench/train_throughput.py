@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -109,11 +110,12 @@ def time_plain_loop(args: argparse.Namespace) -> float:
 LOOPS = {'composer': time_composer, 'plain': time_plain_loop}
 
 
-def time_in_child(name: str, argv: list[str]) -> float:
-    """Run one loop in a fresh interpreter (`--only NAME`) and return its tokens per second."""
+def time_in_child(name: str, argv: list[str]) -> tuple[float, float]:
+    """Run one loop in a fresh interpreter (`--only NAME`); return its tokens per second and peak RSS in MiB."""
     command = [sys.executable, __file__, *argv, '--only', name]
     output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return float(output.strip().splitlines()[-1])
+    rate, peak_mib = output.strip().splitlines()[-1].split()
+    return float(rate), float(peak_mib)
 
 
 def step_flops(args: argparse.Namespace) -> float:
@@ -132,25 +134,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--repeats', type=int, default=3, help='runs of each loop, alternating the order')
     parser.add_argument('--json', help='also write the results to this file')
     parser.add_argument('--only', choices=LOOPS,
-                        help='time one loop in this process and print its tokens/s; the script starts each run this way')
+                        help='time one loop in this process and print its tokens/s and peak RSS in MiB; the '
+                        'script starts each run this way')
     parser.add_argument('overrides', nargs='*', help='recipe overrides, key=value')
     args = parser.parse_args(argv)
     if args.only:
-        print(LOOPS[args.only](args))
+        rate = LOOPS[args.only](args)
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        print(rate, peak_mib)
         return 0
 
     child_argv = ['--recipe', args.recipe, '--data-root', args.data_root, '--steps', str(args.steps),
                   '--warmup', str(args.warmup), *args.overrides]
-    composer_rates, plain_rates = [], []
+    rates = {'composer': [], 'plain': []}
+    peaks_mib = {'composer': [], 'plain': []}
     for repeat in range(args.repeats):
         order = ['composer', 'plain']
         if repeat % 2:
             order.reverse()  # alternate which loop runs first, so drift in machine speed cancels
         for name in order:
-            rate = time_in_child(name, child_argv)
-            (composer_rates if name == 'composer' else plain_rates).append(rate)
-            print(f'repeat {repeat}: {name:8s} {rate:9.1f} tokens/s', flush=True)
+            rate, peak_mib = time_in_child(name, child_argv)
+            rates[name].append(rate)
+            peaks_mib[name].append(peak_mib)
+            print(f'repeat {repeat}: {name:8s} {rate:9.1f} tokens/s, peak RSS {peak_mib:6,.0f} MiB', flush=True)
 
+    composer_rates, plain_rates = rates['composer'], rates['plain']
     ratios = [c / p for c, p in zip(composer_rates, plain_rates)]
     flops = step_flops(args) / (recipe(args, 1).global_train_batch_size * recipe(args, 1).model.block_size)
     peaks = {name: measure_matmul_peak(dtype, seconds=2.0) for name, dtype in
@@ -159,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         'composer_tokens_per_sec': composer_rates,
         'plain_tokens_per_sec': plain_rates,
+        'composer_peak_rss_mib': peaks_mib['composer'],
+        'plain_peak_rss_mib': peaks_mib['plain'],
         'ratio': ratios,
         'ratio_median': statistics.median(ratios),
         'flops_per_token': flops,
