@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from convert.owt_to_mds import (
     convert_to_mds,
     iter_tokenized_chunks,
     select_val_documents,
+    thread_tokenizer,
     tokenize_chunk,
     write_splits,
 )
@@ -200,6 +203,25 @@ def test_literal_endoftext_not_eot(tmp_path, encoding):
     assert stats["splits"]["train"]["documents"] == 2
     assert stream.tolist() == (encoding.encode_ordinary(text) + [EOT_ID]) * 2
     assert int(np.count_nonzero(stream == EOT_ID)) == 2
+
+
+def test_each_thread_gets_its_own_encoding(encoding):
+    text = "Threads share no regex: <|endoftext|> \ud800 stays ordinary text."
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        barrier = threading.Barrier(2)  # both threads alive at once, so they are two threads
+
+        def encode_in_thread(_):
+            barrier.wait()
+            own = thread_tokenizer()
+            assert thread_tokenizer() is own  # built once per thread
+            return own, own.encode_ordinary(text)
+
+        (first, first_ids), (second, second_ids) = pool.map(encode_in_thread, range(2))
+    assert first is not second
+    assert encoding not in (first, second)
+    assert first_ids == second_ids == encoding.encode_ordinary(text)
+    assert first.eot_token == EOT_ID
+    assert first.n_vocab == encoding.n_vocab
 
 
 def test_workers_identical_bytes(tmp_path, monkeypatch):
