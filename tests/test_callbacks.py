@@ -1,0 +1,64 @@
+"""ReleaseTrainOutputs: the Trainer holds no training logits between microbatches."""
+
+import torch
+from composer import Trainer
+from composer.metrics.nlp import LanguageCrossEntropy
+from composer.core import Callback, State
+from composer.loggers import Logger
+from torch.utils.data import DataLoader
+
+from gpt2_composer.callbacks import ReleaseTrainOutputs
+from gpt2_composer.composer_model import ComposerGPT
+from gpt2_composer.model import GPTConfig
+
+TINY = dict(block_size=16, vocab_size=97, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+
+
+class OutputsAtBatchEnd(Callback):
+    """Record whether `state.outputs` is still a tensor at the end of each batch."""
+
+    def __init__(self):
+        self.held: list[bool] = []
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self.held.append(isinstance(state.outputs, torch.Tensor))
+
+
+class WithTrainMetrics(ComposerGPT):
+    def get_metrics(self, is_train: bool = False):
+        return {'LanguageCrossEntropy': LanguageCrossEntropy()}
+
+
+def train_losses(callbacks: list[Callback], steps: int = 3, model_class=ComposerGPT) -> list[float]:
+    torch.manual_seed(0)
+    model = model_class(GPTConfig(**TINY))
+    tokens = torch.randint(0, 97, (8, 17), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader([{'input_ids': row} for row in tokens], batch_size=4)
+    losses = []
+
+    class Losses(Callback):
+        def after_loss(self, state: State, logger: Logger) -> None:
+            losses.append(state.loss.item())
+
+    trainer = Trainer(model=model, train_dataloader=loader, max_duration=f'{steps}ba', device='cpu',
+                      optimizers=torch.optim.SGD(model.parameters(), lr=0.1), progress_bar=False,
+                      callbacks=[*callbacks, Losses()])
+    trainer.fit()
+    trainer.close()
+    return losses
+
+
+def test_outputs_released_after_loss_and_training_unchanged():
+    by_default, released = OutputsAtBatchEnd(), OutputsAtBatchEnd()
+    default_losses = train_losses([by_default])
+    released_losses = train_losses([ReleaseTrainOutputs(), released])
+    assert by_default.held == [True, True, True]  # Composer's default: the logits outlive the step
+    assert released.held == [False, False, False]
+    assert released_losses == default_losses
+    assert len(released_losses) == 3
+
+
+def test_outputs_kept_when_training_metrics_read_them():
+    with_metrics = OutputsAtBatchEnd()
+    train_losses([ReleaseTrainOutputs(), with_metrics], model_class=WithTrainMetrics)
+    assert with_metrics.held == [True, True, True]
