@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -40,14 +41,45 @@ from gpt2_composer.optim import build_optimizer, build_scheduler  # noqa: E402
 from gpt2_composer.train import build_trainer  # noqa: E402
 
 
-class StepTimes(Callback):
-    """Record the wall-clock time at the end of every optimizer step."""
+def resident_mib() -> float:
+    """This process's resident size in MiB now (Linux; NaN elsewhere)."""
+    try:
+        pages = int(Path('/proc/self/statm').read_text().split()[1])
+    except OSError:
+        return float('nan')
+    return pages * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+class StepLog:
+    """Wall time, minor page faults, system time and resident size at the end of every optimizer step."""
 
     def __init__(self):
-        self.times: list[float] = []
+        self.rows: list[tuple[float, int, float, float]] = []
+
+    def mark(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.rows.append((time.perf_counter(), usage.ru_minflt, usage.ru_stime, resident_mib()))
+
+    def seconds_after(self, warmup: int) -> float:
+        """Wall time from the end of step `warmup` to the end of the last step."""
+        return self.rows[-1][0] - self.rows[warmup - 1][0]
+
+    def print_steps(self) -> None:
+        """Print one line per step to stderr: a step that grows the heap shows as ~100k faults."""
+        for step in range(1, len(self.rows)):
+            (now, faults, system, rss), (before, faults_before, system_before, _) = self.rows[step], self.rows[step - 1]
+            print(f'step {step + 1:3d}: {1000 * (now - before):7.1f} ms, {faults - faults_before:7d} minor faults, '
+                  f'{system - system_before:5.2f} s system, RSS {rss:7,.0f} MiB', file=sys.stderr)
+
+
+class StepTimes(Callback):
+    """Mark a `StepLog` at the end of every optimizer step."""
+
+    def __init__(self, log: StepLog):
+        self.log = log
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        self.times.append(time.perf_counter())
+        self.log.mark()
 
 
 def recipe(args: argparse.Namespace, total_steps: int):
@@ -59,21 +91,19 @@ def recipe(args: argparse.Namespace, total_steps: int):
     return load_config(args.recipe, overrides)
 
 
-def time_composer(args: argparse.Namespace) -> float:
+def time_composer(args: argparse.Namespace, steps: StepLog) -> float:
     """Return tokens per second of the Composer Trainer over the timed steps."""
     total = args.warmup + args.steps
     config = recipe(args, total)
     trainer = build_trainer(config)
-    timer = StepTimes()
-    trainer.state.callbacks.append(timer)
+    trainer.state.callbacks.append(StepTimes(steps))
     trainer.fit()
     batch = config.global_train_batch_size * config.model.block_size
-    elapsed = timer.times[-1] - timer.times[args.warmup - 1]
     trainer.close()
-    return batch * args.steps / elapsed
+    return batch * args.steps / steps.seconds_after(args.warmup)
 
 
-def time_plain_loop(args: argparse.Namespace) -> float:
+def time_plain_loop(args: argparse.Namespace, steps: StepLog) -> float:
     """Return tokens per second of a hand-written loop doing the same work as the Trainer."""
     total = args.warmup + args.steps
     config = recipe(args, total)
@@ -86,7 +116,7 @@ def time_plain_loop(args: argparse.Namespace) -> float:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     loader = build_dataloader(config.data, 'train', config.global_train_batch_size, shuffle=True).dataloader
     micro = config.device_train_microbatch_size
-    times, tokens, step = [], 0, 0
+    tokens, step = 0, 0
     while step < total:
         for batch in loader:
             parts = [{'input_ids': rows} for rows in batch['input_ids'].split(micro)]
@@ -98,13 +128,13 @@ def time_plain_loop(args: argparse.Namespace) -> float:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             loss.item()  # the Trainer also brings the loss to the host every step
-            times.append(time.perf_counter())
+            steps.mark()
             if step >= args.warmup:
                 tokens += tokens_in_batch(batch)
             step += 1
             if step == total:
                 break
-    return tokens / (times[-1] - times[args.warmup - 1])
+    return tokens / steps.seconds_after(args.warmup)
 
 
 LOOPS = {'composer': time_composer, 'plain': time_plain_loop}
@@ -136,16 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--only', choices=LOOPS,
                         help='time one loop in this process and print its tokens/s and peak RSS in MiB; the '
                         'script starts each run this way')
+    parser.add_argument('--per-step', action='store_true',
+                        help='each run also prints every step: time, page faults, system time, resident size')
     parser.add_argument('overrides', nargs='*', help='recipe overrides, key=value')
     args = parser.parse_args(argv)
     if args.only:
-        rate = LOOPS[args.only](args)
+        steps = StepLog()
+        rate = LOOPS[args.only](args, steps)
+        if args.per_step:
+            steps.print_steps()
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
         print(rate, peak_mib)
         return 0
 
     child_argv = ['--recipe', args.recipe, '--data-root', args.data_root, '--steps', str(args.steps),
-                  '--warmup', str(args.warmup), *args.overrides]
+                  '--warmup', str(args.warmup), *(['--per-step'] if args.per_step else []), *args.overrides]
     rates = {'composer': [], 'plain': []}
     peaks_mib = {'composer': [], 'plain': []}
     for repeat in range(args.repeats):
