@@ -76,3 +76,38 @@ def test_saves_one_number_per_row_beyond_its_inputs():
 
     assert new_bytes_saved(F.cross_entropy) >= 40 * 11 * 4
     assert new_bytes_saved(cross_entropy) == 40 * 4
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_precision_logits_computed_in_float32(dtype):
+    # Shifted logits: exponentials of bf16 differences would round every softmax entry to 1.
+    generator = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(20, 1000, generator=generator) + 200).to(dtype).requires_grad_()
+    targets = torch.randint(0, 1000, (20,), generator=generator)
+    exact_input = logits.detach().double().requires_grad_()
+    exact = F.cross_entropy(exact_input, targets)
+    (exact_grad,) = torch.autograd.grad(exact, exact_input)
+    got = cross_entropy(logits, targets)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    assert got.dtype == dtype
+    assert got_grad.dtype == dtype
+    assert got.item() == pytest.approx(exact.item(), abs=0.05)
+    assert (got_grad.double() - exact_grad).abs().max().item() < 1e-4
+    assert got_grad.double().sum(dim=1).abs().max().item() < 1e-3  # softmax - one_hot sums to 0 per row
+
+
+@pytest.mark.parametrize('shape, targets, message', [
+    ((2, 3, 5), torch.zeros(2, 3, dtype=torch.long), r'shape \(N, V\).*got \(2, 3, 5\) and \(2, 3\)'),
+    ((4, 5), torch.zeros(3, dtype=torch.long), r'got \(4, 5\) and \(3,\)'),
+    ((4, 5), torch.zeros(4), 'class indices as targets, got dtype torch.float32'),
+])
+def test_bad_shapes_and_target_dtypes_are_named(shape, targets, message):
+    with pytest.raises(ValueError, match=message):
+        cross_entropy(torch.randn(*shape), targets)
+
+
+def test_int32_targets_accepted():
+    logits = torch.randn(6, 9, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([0, 8, 3, 3, 1, 5], dtype=torch.int32)
+    assert cross_entropy(logits, targets).item() == pytest.approx(F.cross_entropy(logits, targets.long()).item(),
+                                                                  rel=1e-6)
