@@ -22,7 +22,7 @@ from composer.utils import dist, reproducibility
 
 from gpt2_composer.algorithms import build_algorithms as build_speedup_algorithms
 from gpt2_composer.clipping import ClipGradNormAndLog
-from gpt2_composer.callbacks import ConsoleLog, MetricsFile, RecipeRecord, ReleaseTrainOutputs, build_wandb_logger
+from gpt2_composer.callbacks import ConsoleLog, MetricsFile, RecipeRecord, ReleaseOutputs, build_wandb_logger
 from gpt2_composer.composer_model import ComposerGPT
 from gpt2_composer.config import ConfigError, TrainConfig, load_config
 from gpt2_composer.data import (build_dataloader, check_shards_match_stats, check_stats_fit_model, is_remote,
@@ -124,7 +124,7 @@ def build_callbacks(config: TrainConfig, device: str, flops_available: Optional[
         ConsoleLog(log_interval=config.log_interval, flops_available=flops_available),
         RecipeRecord(dataclasses.asdict(config)),
         ResumedSchedule(schedule, group_peak_lrs, source=config.resume_schedule),
-        ReleaseTrainOutputs(),
+        ReleaseOutputs(),
     ]
     if device == 'gpu':
         callbacks.append(MemoryMonitor())

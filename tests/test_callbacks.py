@@ -1,4 +1,4 @@
-"""ReleaseTrainOutputs: the Trainer holds no training logits between microbatches."""
+"""ReleaseOutputs: the Trainer holds no logits between microbatches or after an evaluation."""
 
 import torch
 from composer import Trainer
@@ -7,7 +7,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from torch.utils.data import DataLoader
 
-from gpt2_composer.callbacks import ReleaseTrainOutputs
+from gpt2_composer.callbacks import ReleaseOutputs
 from gpt2_composer.composer_model import ComposerGPT
 from gpt2_composer.model import GPTConfig
 
@@ -29,7 +29,8 @@ class WithTrainMetrics(ComposerGPT):
         return {'LanguageCrossEntropy': LanguageCrossEntropy()}
 
 
-def train_losses(callbacks: list[Callback], steps: int = 3, model_class=ComposerGPT) -> list[float]:
+def train_losses(callbacks: list[Callback], steps: int = 3, model_class=ComposerGPT,
+                 evaluate: bool = False) -> list[float]:
     torch.manual_seed(0)
     model = model_class(GPTConfig(**TINY))
     tokens = torch.randint(0, 97, (8, 17), generator=torch.Generator().manual_seed(1))
@@ -40,9 +41,11 @@ def train_losses(callbacks: list[Callback], steps: int = 3, model_class=Composer
         def after_loss(self, state: State, logger: Logger) -> None:
             losses.append(state.loss.item())
 
+    eval_options = dict(eval_dataloader=DataLoader([{'input_ids': row} for row in tokens[:4]], batch_size=4),
+                        eval_interval='1ba') if evaluate else {}
     trainer = Trainer(model=model, train_dataloader=loader, max_duration=f'{steps}ba', device='cpu',
                       optimizers=torch.optim.SGD(model.parameters(), lr=0.1), progress_bar=False,
-                      callbacks=[*callbacks, Losses()])
+                      callbacks=[*callbacks, Losses()], **eval_options)
     trainer.fit()
     trainer.close()
     return losses
@@ -51,7 +54,7 @@ def train_losses(callbacks: list[Callback], steps: int = 3, model_class=Composer
 def test_outputs_released_after_loss_and_training_unchanged():
     by_default, released = OutputsAtBatchEnd(), OutputsAtBatchEnd()
     default_losses = train_losses([by_default])
-    released_losses = train_losses([ReleaseTrainOutputs(), released])
+    released_losses = train_losses([ReleaseOutputs(), released])
     assert by_default.held == [True, True, True]  # Composer's default: the logits outlive the step
     assert released.held == [False, False, False]
     assert released_losses == default_losses
@@ -60,5 +63,24 @@ def test_outputs_released_after_loss_and_training_unchanged():
 
 def test_outputs_kept_when_training_metrics_read_them():
     with_metrics = OutputsAtBatchEnd()
-    train_losses([ReleaseTrainOutputs(), with_metrics], model_class=WithTrainMetrics)
+    train_losses([ReleaseOutputs(), with_metrics], model_class=WithTrainMetrics)
     assert with_metrics.held == [True, True, True]
+
+
+class OutputsAtEvalEnd(Callback):
+    """Record whether `state.outputs` is still a tensor once each evaluation has ended."""
+
+    def __init__(self):
+        self.held: list[bool] = []
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        self.held.append(isinstance(state.outputs, torch.Tensor))
+
+
+def test_eval_outputs_released_after_each_evaluation():
+    by_default, released = OutputsAtEvalEnd(), OutputsAtEvalEnd()
+    default_losses = train_losses([by_default], evaluate=True)
+    released_losses = train_losses([ReleaseOutputs(), released], evaluate=True)
+    assert by_default.held == [True, True, True]  # one evaluation after each of the 3 batches
+    assert released.held == [False, False, False]
+    assert released_losses == default_losses
