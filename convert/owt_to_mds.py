@@ -450,13 +450,34 @@ def open_split_writers(
     stack: ExitStack, mds_writer: Future[Any], staging: Path, seq_len: int
 ) -> dict[str, SplitWriter]:
     """Open one MDS writer per split in `staging`; `stack` closes them, which writes index.json."""
-    writer_class = mds_writer.result()
+    writer_class = token_sample_writer(mds_writer.result())
     columns = {COLUMN: f"ndarray:{np.dtype(TOKEN_DTYPE).name}:{seq_len + 1}"}
     splits = {}
     for split in SPLITS:
         writer = writer_class(out=str(staging / split), columns=columns, compression=None)
         splits[split] = SplitWriter(stack.enter_context(writer), seq_len)
     return splits
+
+
+def token_sample_writer(mds_writer: type[MDSWriter]) -> type[MDSWriter]:
+    """Return a subclass of streaming's MDSWriter that encodes this converter's samples faster.
+
+    A sample here is one column of seq_len + 1 uint16 ids, whose MDS encoding is the array's raw
+    bytes with no header. MDSWriter's general `encode_sample` looks up and parses the column's
+    encoding string on every sample: about 30 us, 1.9 s of the main thread's time for 64k samples
+    (cProfile, 65M tokens). With many workers that caps the whole conversion, since one thread
+    writes every sample. This one copies the bytes and keeps the size check. The shard bytes are
+    the same (tested).
+    """
+
+    class TokenSampleWriter(mds_writer):
+        def encode_sample(self, sample: dict[str, Any]) -> bytes:
+            data = sample[COLUMN].tobytes()
+            if len(data) != self.column_sizes[0]:
+                raise ValueError(f"a sample of {len(data)} bytes in a column of {self.column_sizes[0]}")
+            return data
+
+    return TokenSampleWriter
 
 
 def route_chunk(

@@ -27,6 +27,7 @@ from convert.owt_to_mds import (
     iter_tokenized_chunks,
     select_val_documents,
     thread_tokenizer,
+    token_sample_writer,
     tokenize_chunk,
     write_splits,
 )
@@ -222,6 +223,30 @@ def test_each_thread_gets_its_own_encoding(encoding):
     assert first_ids == second_ids == encoding.encode_ordinary(text)
     assert first.eot_token == EOT_ID
     assert first.n_vocab == encoding.n_vocab
+
+
+def test_token_sample_writer_writes_the_bytes_of_mdswriter(tmp_path):
+    from streaming import MDSWriter
+
+    columns = {"tokens": "ndarray:uint16:9"}
+    samples = np.random.default_rng(0).integers(0, 50257, size=(300, 9)).astype(np.uint16)
+    for name, writer_class in (("stock", MDSWriter), ("fast", token_sample_writer(MDSWriter))):
+        with writer_class(out=str(tmp_path / name), columns=columns, compression=None, size_limit=1 << 12) as writer:
+            for sample in samples:
+                writer.write({"tokens": sample})
+    stock, fast = output_files(tmp_path / "stock"), output_files(tmp_path / "fast")
+    assert len(stock) > 2  # several shards and the index
+    assert stock == fast
+
+
+def test_token_sample_writer_rejects_wrong_length(tmp_path):
+    from streaming import MDSWriter
+
+    with token_sample_writer(MDSWriter)(out=str(tmp_path / "out"), columns={"tokens": "ndarray:uint16:9"},
+                                        compression=None) as writer:
+        with pytest.raises(ValueError, match="a sample of 16 bytes in a column of 18"):
+            writer.write({"tokens": np.zeros(8, dtype=np.uint16)})
+        writer.write({"tokens": np.zeros(9, dtype=np.uint16)})
 
 
 def test_workers_identical_bytes(tmp_path, monkeypatch):
