@@ -474,7 +474,11 @@ def token_sample_writer(mds_writer: type[MDSWriter]) -> type[MDSWriter]:
         def encode_sample(self, sample: dict[str, Any]) -> bytes:
             data = sample[COLUMN].tobytes()
             if len(data) != self.column_sizes[0]:
-                raise ValueError(f"a sample of {len(data)} bytes in a column of {self.column_sizes[0]}")
+                raise ValueError(
+                    f"TokenSampleWriter got a sample of {len(data)} bytes for column {COLUMN!r}, which "
+                    f"holds {self.column_sizes[0]}. It writes only fixed-length samples of seq_len + 1 ids; "
+                    "use streaming's MDSWriter for anything else."
+                )
             return data
 
     return TokenSampleWriter

@@ -244,7 +244,7 @@ def test_token_sample_writer_rejects_wrong_length(tmp_path):
 
     with token_sample_writer(MDSWriter)(out=str(tmp_path / "out"), columns={"tokens": "ndarray:uint16:9"},
                                         compression=None) as writer:
-        with pytest.raises(ValueError, match="a sample of 16 bytes in a column of 18"):
+        with pytest.raises(ValueError, match="a sample of 16 bytes for column 'tokens', which holds 18"):
             writer.write({"tokens": np.zeros(8, dtype=np.uint16)})
         writer.write({"tokens": np.zeros(9, dtype=np.uint16)})
 
