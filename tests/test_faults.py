@@ -499,11 +499,14 @@ def test_resume_keeps_checkpoint_schedule(dataset, tmp_path, caplog):
 
 
 def test_conversion_killed_then_rerun_identical(dataset, tmp_path):
-    """SIGKILL mid-conversion leaves no output that looks complete; the same command then writes identical bytes."""
+    """SIGKILL mid-conversion leaves no output that looks complete; a rerun then writes identical bytes."""
     out = tmp_path / 'out'
     command = [sys.executable, 'convert/owt_to_mds.py', '--input', 'builtin:pydoc-topics', '--out-root', str(out),
                '--seq-len', '64']
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The killed run converts the text 40 times, so that it is still writing shards (seconds) when the
+    # kill lands; one copy can finish within the 10 ms between two polls.
+    killed = command + ['--input', 'builtin:pydoc-topics'] * 39
+    process = subprocess.Popen(killed, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob('.incomplete-*/train')) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
