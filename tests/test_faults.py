@@ -503,8 +503,8 @@ def test_conversion_killed_then_rerun_identical(dataset, tmp_path):
     out = tmp_path / 'out'
     command = [sys.executable, 'convert/owt_to_mds.py', '--input', 'builtin:pydoc-topics', '--out-root', str(out),
                '--seq-len', '64']
-    # The killed run converts the text 40 times, so that it is still writing shards (seconds) when the
-    # kill lands; one copy can finish within the 10 ms between two polls.
+    # The killed run converts the text 40 times, so it is still writing shards when the kill lands.
+    # One copy can finish within the 10 ms between two polls.
     killed = command + ['--input', 'builtin:pydoc-topics'] * 39
     process = subprocess.Popen(killed, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
