@@ -475,9 +475,9 @@ def token_sample_writer(mds_writer: type[MDSWriter]) -> type[MDSWriter]:
             data = sample[COLUMN].tobytes()
             if len(data) != self.column_sizes[0]:
                 raise ValueError(
-                    f"TokenSampleWriter got a sample of {len(data)} bytes for column {COLUMN!r}, which "
-                    f"holds {self.column_sizes[0]}. It writes only fixed-length samples of seq_len + 1 ids; "
-                    "use streaming's MDSWriter for anything else."
+                    f"TokenSampleWriter got a sample of {len(data)} bytes for column {COLUMN!r} of "
+                    f"{self.column_sizes[0]} bytes. It writes only fixed-length samples of seq_len + 1 ids, "
+                    "so use streaming's MDSWriter for anything else."
                 )
             return data
 

@@ -1,4 +1,4 @@
-"""ReleaseOutputs: the Trainer holds no logits between microbatches or after an evaluation."""
+"""ReleaseOutputs: the Trainer keeps no logits between microbatches or after an evaluation."""
 
 import torch
 from composer import Trainer
@@ -51,7 +51,7 @@ def train_losses(callbacks: list[Callback], steps: int = 3, model_class=Composer
     return losses
 
 
-def test_outputs_released_after_loss_and_training_unchanged():
+def test_outputs_released_after_loss():
     by_default, released = OutputsAtBatchEnd(), OutputsAtBatchEnd()
     default_losses = train_losses([by_default])
     released_losses = train_losses([ReleaseOutputs(), released])
@@ -61,7 +61,7 @@ def test_outputs_released_after_loss_and_training_unchanged():
     assert len(released_losses) == 3
 
 
-def test_outputs_kept_when_training_metrics_read_them():
+def test_outputs_kept_with_train_metrics():
     with_metrics = OutputsAtBatchEnd()
     train_losses([ReleaseOutputs(), with_metrics], model_class=WithTrainMetrics)
     assert with_metrics.held == [True, True, True]
@@ -77,7 +77,7 @@ class OutputsAtEvalEnd(Callback):
         self.held.append(isinstance(state.outputs, torch.Tensor))
 
 
-def test_eval_outputs_released_after_each_evaluation():
+def test_eval_outputs_released():
     by_default, released = OutputsAtEvalEnd(), OutputsAtEvalEnd()
     default_losses = train_losses([by_default], evaluate=True)
     released_losses = train_losses([ReleaseOutputs(), released], evaluate=True)

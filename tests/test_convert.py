@@ -225,7 +225,7 @@ def test_each_thread_gets_its_own_encoding(encoding):
     assert first.n_vocab == encoding.n_vocab
 
 
-def test_token_sample_writer_writes_the_bytes_of_mdswriter(tmp_path):
+def test_token_writer_matches_mdswriter_bytes(tmp_path):
     from streaming import MDSWriter
 
     columns = {"tokens": "ndarray:uint16:9"}
@@ -244,7 +244,7 @@ def test_token_sample_writer_rejects_wrong_length(tmp_path):
 
     with token_sample_writer(MDSWriter)(out=str(tmp_path / "out"), columns={"tokens": "ndarray:uint16:9"},
                                         compression=None) as writer:
-        with pytest.raises(ValueError, match="a sample of 16 bytes for column 'tokens', which holds 18"):
+        with pytest.raises(ValueError, match="a sample of 16 bytes for column 'tokens' of 18 bytes"):
             writer.write({"tokens": np.zeros(8, dtype=np.uint16)})
         writer.write({"tokens": np.zeros(9, dtype=np.uint16)})
 

@@ -28,7 +28,7 @@ def test_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda x: cross_entropy(x, targets), (logits,))
 
 
-def test_uniform_logits_give_log_vocab_and_scaled_gradient():
+def test_uniform_logits_give_log_vocab():
     logits = torch.zeros(32, 4, requires_grad=True)
     targets = torch.tensor([0, 1, 2, 3] * 8)
     loss = cross_entropy(logits, targets)
@@ -39,7 +39,7 @@ def test_uniform_logits_give_log_vocab_and_scaled_gradient():
     torch.testing.assert_close(logits.grad, 3 * expected / 32)
 
 
-def test_non_contiguous_targets_as_the_model_passes_them():
+def test_non_contiguous_targets():
     tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(1))
     logits = torch.randn(3 * 8, 50, generator=torch.Generator().manual_seed(2))
     targets = tokens[:, 1:].reshape(-1)
@@ -62,7 +62,7 @@ def test_one_chunk_buffer_in_backward(monkeypatch):
     assert allocations == [(40, 11)]
 
 
-def test_saves_one_number_per_row_beyond_its_inputs():
+def test_saves_one_number_per_row():
     """F.cross_entropy keeps its (N, V) log-softmax for backward; this keeps (N,) log-sum-exps."""
     logits = torch.randn(40, 11, requires_grad=True)
     targets = torch.zeros(40, dtype=torch.long)
@@ -79,7 +79,7 @@ def test_saves_one_number_per_row_beyond_its_inputs():
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_half_precision_logits_computed_in_float32(dtype):
+def test_half_precision_computed_in_float32(dtype):
     # Shifted logits: exponentials of bf16 differences would round every softmax entry to 1.
     generator = torch.Generator().manual_seed(3)
     logits = (3 * torch.randn(20, 1000, generator=generator) + 200).to(dtype).requires_grad_()
@@ -101,7 +101,7 @@ def test_half_precision_logits_computed_in_float32(dtype):
     ((4, 5), torch.zeros(3, dtype=torch.long), r'got \(4, 5\) and \(3,\)'),
     ((4, 5), torch.zeros(4), 'class indices as targets, got dtype torch.float32'),
 ])
-def test_bad_shapes_and_target_dtypes_are_named(shape, targets, message):
+def test_bad_shapes_and_dtypes_rejected(shape, targets, message):
     with pytest.raises(ValueError, match=message):
         cross_entropy(torch.randn(*shape), targets)
 
