@@ -8,7 +8,7 @@ token, the log of its row's sum of exponentials. Its backward pass writes softma
 straight into a single buffer, 16 rows at a time, so the rows being worked on stay in the cache.
 
 Why it matters on CPUs: with `keep_freed_memory`, fewer large buffers per step means glibc's heap
-stops fragmenting and growing. Each growth faults in fresh pages, and on the 2-core machine single
+fragments and grows far less often. Each growth faults in fresh pages, and on the 2-core machine single
 steps that grew the heap took up to 4 s of system time. That growth, more frequent in Composer's
 process, was the gap between Composer and a plain loop (docs/benchmarks.md, section 1).
 
@@ -48,7 +48,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return (lse - target_logits).mean().to(logits.dtype)
 
     @staticmethod
-    @once_differentiable  # the backward pass writes in place, so it has no gradient of its own
+    @once_differentiable  # this backward pass is not itself differentiable (no double backward)
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits, targets, lse = ctx.saved_tensors
         n = logits.shape[0]

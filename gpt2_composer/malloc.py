@@ -11,9 +11,9 @@ The cost: memory the process frees stays in it, so its resident size stays at it
 peak rises because freed blocks are reused less tightly: 2.7 to 4.5 GB in that run. The heap also
 kept growing slowly as it fragmented, and each growth faulted in fresh pages again. The chunked
 loss in `loss.py` leaves two 412 MB buffers per step instead of four. With it, the same recipe's
-heap grew at most twice after the fifth step in runs of 30 to 60 steps, and peak RSS was 2.1 to
-2.5 GB (docs/benchmarks.md, section 1). Growth is still possible: a loop that only allocates and
-frees one 381 MiB tensor grew the heap to 1.5 to 4.2 GB in 20 iterations in a review's runs.
+heap grew at most twice after the fifth step in runs of 30 to 60 steps, and peak RSS was 2,100
+to 2,506 MiB (docs/benchmarks.md, section 1). NOTE: growth is still possible. A loop that only
+allocates and frees one 381 MiB tensor grew the heap to 1,556 to 4,226 MiB in 20 iterations.
 """
 
 from __future__ import annotations
